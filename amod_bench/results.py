@@ -1,0 +1,143 @@
+"""The results folder: the only writer of result files, and the only reader the runner needs.
+
+Layout (docs/ARCHITECTURE.md is the contract with the report)::
+
+    results/<suite>/
+      suite.yaml                 copy of the suite file as run
+      index.json                 {"suite": name, "cells": [{"id", "stage", "status"}, ...]}
+      cells/<cell_id>/
+        config.json              the resolved cell configuration
+        metrics.jsonl            one JSON object per evaluation
+        summary.json             final status and totals
+
+Every write goes to a temporary file in the same folder, then `os.replace`s the
+target, so a crash or a concurrent reader never sees half a file. Only the
+driver process writes here (the Ray workers report to it), so no two writers
+ever share a file.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+FINAL_STATUSES = ("done", "failed", "diverged")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _finite_or_none(value: Any) -> Any:
+    # JSON has no NaN/inf; a diverged loss is recorded as null and flagged by status.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    if isinstance(obj, dict):
+        obj = {k: _finite_or_none(v) for k, v in obj.items()}
+    return json.dumps(obj, default=_json_default, allow_nan=False, **kwargs)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+@dataclass(frozen=True)
+class CellFiles:
+    """The three files of one cell."""
+
+    folder: Path
+
+    @property
+    def config(self) -> Path:
+        return self.folder / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.folder / "summary.json"
+
+    def write_config(self, config: dict) -> None:
+        write_json_atomic(self.config, config)
+
+    def write_metrics(self, rows: Iterable[dict]) -> None:
+        write_text_atomic(self.metrics, "".join(dumps(row, sort_keys=True) + "\n" for row in rows))
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics.exists():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def write_summary(self, summary: dict) -> None:
+        write_json_atomic(self.summary, summary)
+
+    def read_summary(self) -> dict | None:
+        if not self.summary.exists():
+            return None
+        return read_json(self.summary)
+
+    def status(self) -> str:
+        """`done` / `failed` / `diverged` / `running`, or `pending` with no summary yet."""
+        summary = self.read_summary()
+        return summary["status"] if summary else "pending"
+
+
+class ResultsFolder:
+    """`results/<suite>/`."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+
+    def cell(self, cell_id: str) -> CellFiles:
+        return CellFiles(self.root / "cells" / cell_id)
+
+    def statuses(self, cell_ids: Iterable[str]) -> dict[str, str]:
+        return {cell_id: self.cell(cell_id).status() for cell_id in cell_ids}
+
+    def write_suite_copy(self, suite_path: str | os.PathLike) -> None:
+        write_text_atomic(self.root / "suite.yaml", Path(suite_path).read_text())
+
+    def write_index(self, suite_name: str, cells: Iterable[tuple[str, str]]) -> None:
+        """`cells`: (cell id, stage) pairs in plan order; statuses are read from disk."""
+        entries = [
+            {"id": cell_id, "stage": stage, "status": self.cell(cell_id).status()}
+            for cell_id, stage in cells
+        ]
+        write_json_atomic(self.root / "index.json", {"suite": suite_name, "cells": entries})
+
+    def remove_cell(self, cell_id: str) -> None:
+        shutil.rmtree(self.cell(cell_id).folder, ignore_errors=True)

@@ -1,0 +1,445 @@
+"""Run a suite on Ray: one Ray Tune trial per cell, one Ray Train `TorchTrainer` per trial.
+
+    python bench.py suites/quickstart.yaml                 # a local Ray instance, started and stopped here
+    python bench.py run suites/transfer.yaml --address auto
+    ray job submit --working-dir . -- python bench.py suites/transfer.yaml
+
+Ray Tune only schedules: a trial waits for the cells it depends on (an earlier
+stage's checkpoint, or a search stage's results), then fits one TorchTrainer
+whose workers run `amod_bench.train.train_loop_per_worker`. Every report from
+rank 0 reaches this driver process through Tune, where `ResultsWriter` turns it
+into the cell's result files; so results land on the machine that runs
+`bench.py`, whichever nodes trained. Checkpoints live in Ray's storage (the
+suite's `storage`), which must be a shared filesystem or an object store on a
+multi-node cluster.
+
+Rerunning a suite skips done cells, resumes unfinished ones from their last
+checkpoint (Ray Train resumes a run given the same storage path and name), and
+retries failed or diverged cells only with `--retry-failed`.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import platform
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from amod_bench.results import CellFiles, ResultsFolder
+
+# Ray's knobs, in one place. Ray Train polls its workers every few seconds by
+# default, and small cells spend most of their time waiting on those polls.
+RAY_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+}
+# Only for the local instance this module starts: gloo's default interface lookup
+# can pick an address other processes on this host cannot reach.
+LOCAL_RAY_ENV = {"GLOO_SOCKET_IFNAME": "lo"}
+DEPENDENCY_POLL_SECONDS = 1.0
+
+
+# --------------------------------------------------------------------------- command line
+
+def add_arguments(parser) -> None:
+    parser.add_argument("suite", help="suite YAML file")
+    parser.add_argument("--address", default=None,
+                        help="an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
+                             "(default: start a local instance bound to 127.0.0.1)")
+    parser.add_argument("--filter", action="append", default=[], metavar="PATTERN",
+                        help="run only cells whose id matches this glob (or contains it); repeatable")
+    parser.add_argument("--max-concurrent", type=int, default=None,
+                        help="cap on cells running at once (default: the suite's, bounded by the cluster)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="discard earlier results and checkpoints of the selected cells")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="run failed and diverged cells again (they are skipped by default)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what would run and exit")
+    parser.add_argument("--num-cpus", type=int, default=None,
+                        help="CPUs of the local Ray instance (default: all)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a suite field, e.g. --set defaults.recipe.epochs=2")
+
+
+def main(args) -> int:
+    from amod_bench.suite import SuiteError
+
+    try:
+        statuses = run_suite(args.suite, address=args.address, cell_filter=args.filter,
+                             max_concurrent=args.max_concurrent, fresh=args.fresh,
+                             retry_failed=args.retry_failed, dry_run=args.dry_run,
+                             num_cpus=args.num_cpus, overrides=args.set)
+    except (SuiteError, RunError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0 if all(s in ("done", "skipped") for s in statuses.values()) or args.dry_run else 1
+
+
+class RunError(Exception):
+    """A suite that cannot run as asked (missing data, a dependency not done, too few resources)."""
+
+
+# --------------------------------------------------------------------------- planning what runs
+
+def _matches(cell_id: str, patterns: list[str]) -> bool:
+    return not patterns or any(fnmatch.fnmatch(cell_id, p) or p in cell_id for p in patterns)
+
+
+def dependencies(config: dict) -> list[str]:
+    """Cell ids a cell must wait for: its init_from cell and the cells of a search it selects from."""
+    deps = [config["init_from"]] if config.get("init_from") else []
+    if config.get("select"):
+        deps += config["select"]["cells"]
+    return deps
+
+
+def choose_cells(cells, results: ResultsFolder, *, cell_filter, fresh, retry_failed):
+    """Split the expanded cells into those to run and those skipped (with why)."""
+    to_run, skipped = [], {}
+    for cell in cells:
+        if not _matches(cell.id, cell_filter):
+            continue
+        status = results.cell(cell.id).status()
+        if not fresh and status == "done":
+            skipped[cell.id] = "done"
+        elif not fresh and status in ("failed", "diverged") and not retry_failed:
+            skipped[cell.id] = f"{status} (use --retry-failed)"
+        else:
+            to_run.append(cell)
+    running = {c.id for c in to_run}
+    for cell in to_run:
+        for dep in dependencies(cell.config):
+            if dep not in running and results.cell(dep).status() != "done":
+                raise RunError(f"cell {cell.id} needs {dep}, which is neither done nor selected to run "
+                               f"(its status: {results.cell(dep).status()}); widen --filter")
+    return to_run, skipped
+
+
+# --------------------------------------------------------------------------- Ray connection
+
+def ray_env(local: bool, extra: dict | None = None) -> dict:
+    """Environment variables for every Ray process this suite starts."""
+    return {**RAY_ENV, **(LOCAL_RAY_ENV if local else {}), **(extra or {})}
+
+
+@contextmanager
+def ray_session(address: str | None, num_cpus: int | None, worker_env: dict | None = None):
+    """Connect to a cluster, or start a local instance bound to 127.0.0.1 and stop it afterwards."""
+    import ray
+
+    if ray.is_initialized():  # a caller (a test, a notebook) already connected
+        yield
+        return
+    env = ray_env(local=not address, extra=worker_env)
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
+                 runtime_env={"env_vars": env}, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _concurrency(cells, suite_cap: int, cli_cap: int | None) -> int:
+    """Cells at once: the suite's cap (or --max-concurrent), bounded by what the cluster holds."""
+    import ray
+
+    total = ray.cluster_resources()
+    cap = cli_cap or suite_cap
+    for cell in cells:
+        r = cell.config["resources"]
+        need_cpu = r["workers"] * r["cpus_per_worker"]
+        need_gpu = r["workers"] * r["gpus_per_worker"]
+        if need_cpu > total.get("CPU", 0) or need_gpu > total.get("GPU", 0):
+            raise RunError(f"cell {cell.id} needs {need_cpu:g} CPUs and {need_gpu:g} GPUs; the cluster "
+                           f"has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs")
+        fit = int(min(total.get("CPU", 0) // need_cpu if need_cpu else cap,
+                      total.get("GPU", 0) // need_gpu if need_gpu else cap))
+        cap = min(cap, max(1, fit))
+    return max(1, min(cap, len(cells)))
+
+
+# --------------------------------------------------------------------------- one trial = one cell
+
+def _remote_board():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class CellBoard:
+        """Final summaries of finished cells, so a trial on any node can wait for its dependencies."""
+
+        def __init__(self, finished: dict):
+            self.finished = finished
+
+        def finish(self, cell_id: str, summary: dict) -> None:
+            self.finished[cell_id] = summary
+
+        def get(self, cell_ids: list[str]) -> dict:
+            return {cid: self.finished.get(cid) for cid in cell_ids}
+
+    return CellBoard
+
+
+def _select_value(select: dict, summaries: dict) -> object:
+    """The search stage's winner: the value of `select.param` with the best mean `select.metric`
+    over the search cells that finished (ties go to the first value listed)."""
+    scores: dict = {}
+    for cid, value in zip(select["cells"], select["values"]):
+        summary = summaries[cid]
+        if summary and summary["status"] == "done" and summary.get(select["metric"]) is not None:
+            scores.setdefault(value, []).append(summary[select["metric"]])
+    if not scores:
+        raise RuntimeError(f"no cell of the search over {select['param']} finished: nothing to select")
+    return max(scores, key=lambda v: sum(scores[v]) / len(scores[v]))
+
+
+def run_cell(params: dict, *, cells: dict, board, storage: str, worker_env: dict) -> None:
+    """A Tune function trainable: wait for dependencies, then fit the cell's TorchTrainer."""
+    import ray
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from amod_bench.train import CHECKPOINT_WEIGHTS, train_loop_per_worker
+
+    cell = cells[params["cell_id"]]
+    config = dict(cell.config)
+    deps = dependencies(config)
+    summaries = ray.get(board.get.remote(deps))
+    while any(s is None for s in summaries.values()):
+        time.sleep(DEPENDENCY_POLL_SECONDS)
+        summaries = ray.get(board.get.remote(deps))
+
+    config["init_weights"] = config.get("pretrained")
+    if config.get("init_from"):
+        parent = summaries[config["init_from"]]
+        if parent["status"] != "done" or not parent.get("checkpoint"):
+            raise RuntimeError(f"cannot start: {config['init_from']}, whose checkpoint this cell "
+                               f"starts from, ended {parent['status']}")
+        config["init_weights"] = os.path.join(parent["checkpoint"], CHECKPOINT_WEIGHTS)
+    if config.get("select"):
+        config[config["select"]["param"]] = _select_value(config["select"], summaries)
+    tune.report({"resolved": {"init_weights": config["init_weights"],
+                              **({config["select"]["param"]: config[config["select"]["param"]]}
+                                 if config.get("select") else {})}})
+
+    resources = config["resources"]
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources["workers"], use_gpu=resources["gpus_per_worker"] > 0,
+            resources_per_worker={"CPU": resources["cpus_per_worker"],
+                                  "GPU": resources["gpus_per_worker"]}),
+        run_config=ray.train.RunConfig(
+            name=cell.id, storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=resources["max_failures"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=resources["checkpoints_to_keep"]),
+            callbacks=[TuneReportCallback()],
+            worker_runtime_env={"env_vars": worker_env} if worker_env else None),
+    )
+    trainer.fit()
+
+
+# --------------------------------------------------------------------------- results, in the driver
+
+def _provenance() -> dict:
+    import ray
+    import timm
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"versions": {"torch": torch.__version__, "timm": timm.__version__, "ray": ray.__version__,
+                         "python": platform.python_version()},
+            "git_commit": commit}
+
+
+def summarize(history: list[dict], status: str) -> dict:
+    """Best and final accuracy and totals of a cell's metrics history."""
+    evals = [row for row in history if row.get("val_top1") is not None]
+    best = max(evals, key=lambda r: r["val_top1"], default=None)
+    final = evals[-1] if evals else None
+    last = history[-1] if history else {}
+    return {"status": status,
+            "best_top1": best and best["val_top1"], "best_top5": best and best["val_top5"],
+            "best_epoch": best and best["epoch"],
+            "final_top1": final and final["val_top1"], "final_top5": final and final["val_top5"],
+            "train_seconds": last.get("train_seconds", 0.0), "train_macs": last.get("train_macs", 0),
+            "steps": last.get("step", 0), "skipped": last.get("skipped", 0)}
+
+
+def _callback_class():
+    from ray import tune
+
+    class ResultsWriter(tune.Callback):
+        """Turns every trial event into result files; runs in the driver process only."""
+
+        def __init__(self, results: ResultsFolder, cells: dict, progress, board, provenance: dict):
+            self.results, self.cells, self.progress, self.board = results, cells, progress, board
+            self.provenance = provenance
+            self.history: dict[str, list[dict]] = {}
+            self.extra: dict[str, dict] = {}  # per cell: checkpoint, hardware, diverged_at
+
+        def _files(self, trial) -> tuple[str, CellFiles]:
+            cell_id = trial.config["cell_id"]
+            return cell_id, self.results.cell(cell_id)
+
+        def _write_summary(self, cell_id: str, status: str, error: str | None = None) -> dict:
+            config = self.cells[cell_id].config
+            summary = {**summarize(self.history[cell_id], status), **self.provenance,
+                       "params": config.get("params"), "gmacs": config.get("gmacs"),
+                       "seed": config["seed"], "error": error,
+                       "checkpoint": self.extra[cell_id].get("checkpoint"),
+                       "hardware": self.extra[cell_id].get("hardware"),
+                       "rank_checksums": self.extra[cell_id].get("rank_checksums"),
+                       "diverged_at_step": self.extra[cell_id].get("diverged_at_step")}
+            self.results.cell(cell_id).write_summary(summary)
+            return summary
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            cell_id, files = self._files(trial)
+            files.write_config(self.cells[cell_id].config)
+            self.history[cell_id] = files.read_metrics()  # a resumed cell keeps its earlier rows
+            previous = files.read_summary() or {}
+            self.extra[cell_id] = {"checkpoint": previous.get("checkpoint")}
+            self._write_summary(cell_id, "running")
+            self.progress.set_status(cell_id, "running")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            cell_id, files = self._files(trial)
+            if "resolved" in result:  # values known only at run time: a search's pick, the init weights
+                self.cells[cell_id].config.update(result["resolved"])
+                files.write_config(self.cells[cell_id].config)
+            row = result.get("row")
+            if row is None:
+                return
+            if row.get("status") == "diverged":
+                self.extra[cell_id]["diverged_at_step"] = row["step"]
+                return
+            for key in ("hardware", "rank_checksums"):  # per-run facts: they go to the summary
+                if key in row:
+                    self.extra[cell_id][key] = row[key]
+            row = {k: v for k, v in row.items() if k not in ("status", "hardware", "rank_checksums")}
+            if result.get("checkpoint_path"):
+                self.extra[cell_id]["checkpoint"] = result["checkpoint_path"]
+            # A worker group restarted from its last checkpoint reports again from there:
+            # rows at or after the reported step are superseded, so no step appears twice.
+            history = [r for r in self.history[cell_id] if r["step"] < row["step"]] + [row]
+            self.history[cell_id] = history
+            files.write_metrics(history)
+            self._write_summary(cell_id, "running")
+            self.progress.update(cell_id, row)
+
+        def _finish(self, trial, status: str, error: str | None = None) -> None:
+            cell_id, _ = self._files(trial)
+            if status == "done" and self.extra[cell_id].get("diverged_at_step") is not None:
+                status = "diverged"
+            summary = self._write_summary(cell_id, status, error)
+            self.board.finish.remote(cell_id, summary)
+            self.progress.set_status(cell_id, status)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._finish(trial, "done")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            error = trial.get_error() or "unknown error (see the Ray logs under /tmp/ray/session_latest/logs)"
+            last_line = [line for line in str(error).strip().splitlines() if line.strip()][-1:]
+            self._finish(trial, "failed", last_line[0] if last_line else str(error))
+
+    return ResultsWriter
+
+
+# --------------------------------------------------------------------------- the suite
+
+def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, fresh=False,
+              retry_failed=False, dry_run=False, num_cpus=None, overrides=(), worker_env=None,
+              out=sys.stdout) -> dict[str, str]:
+    """Run every unfinished cell of a suite; returns {cell id: final status} for the selected cells."""
+    from amod_bench.costs import cell_costs
+    from amod_bench.data import missing_dataset_message
+    from amod_bench.progress import ProgressTable
+    from amod_bench.suite import expand, load_suite
+
+    suite = load_suite(suite_path, overrides=list(overrides))
+    cells = expand(suite)
+    results = ResultsFolder(suite.output)
+    to_run, skipped = choose_cells(cells, results, cell_filter=list(cell_filter), fresh=fresh,
+                                   retry_failed=retry_failed)
+    for message in {missing_dataset_message(c.config["dataset_path"]) for c in to_run} - {None}:
+        raise RunError(message)
+
+    print(f"suite {suite.name}: {len(cells)} cells, {len(to_run)} to run, {len(skipped)} skipped "
+          f"-> {results.root}", file=out)
+    for cell_id, why in skipped.items():
+        print(f"  skip {cell_id}: {why}", file=out)
+    if dry_run or not to_run:
+        for cell in to_run:
+            print(f"  would run {cell.id}", file=out)
+        return {**{c.id: "pending" for c in to_run}, **{cid: "skipped" for cid in skipped}}
+
+    for cell in to_run:
+        cell.config.update(cell_costs(cell.config))
+        if fresh:
+            results.remove_cell(cell.id)
+            _remove_storage(suite.storage, cell.id)
+    results.write_suite_copy(suite_path)
+    plan_order = [(c.id, c.stage) for c in cells]
+    results.write_index(suite.name, plan_order)
+
+    from ray import tune
+
+    progress = ProgressTable([c.id for c in to_run], {c.id: c.config["epochs"] for c in to_run}, out=out)
+    started = time.monotonic()
+    with ray_session(address, num_cpus, worker_env):
+        import ray
+
+        finished = {cid: results.cell(cid).read_summary() for c in to_run for cid in dependencies(c.config)
+                    if cid not in {x.id for x in to_run}}
+        board = _remote_board().remote(finished)
+        concurrency = _concurrency(to_run, suite.max_concurrent, max_concurrent)
+        print(f"running {len(to_run)} cells, {concurrency} at a time", file=out)
+        trainable = tune.with_resources(
+            tune.with_parameters(run_cell, cells={c.id: c for c in to_run}, board=board,
+                                 storage=suite.storage, worker_env=worker_env or {}),
+            {"cpu": 0})  # the trial only drives its TorchTrainer; the workers hold the resources
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"cell_id": tune.grid_search([c.id for c in to_run])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+            run_config=tune.RunConfig(
+                name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=os.path.join(suite.storage, "_tune"), verbose=0,
+                callbacks=[_callback_class()(results, {c.id: c for c in to_run}, progress, board,
+                                             _provenance())]),
+        )
+        tuner.fit()
+        ray.kill(board)
+    results.write_index(suite.name, plan_order)
+
+    statuses = {c.id: results.cell(c.id).status() for c in to_run}
+    counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
+    print(f"finished in {time.monotonic() - started:.0f}s: "
+          + ", ".join(f"{n} {s}" for s, n in counts.items())
+          + (f", {len(skipped)} skipped" if skipped else ""), file=out)
+    for cid, status in statuses.items():
+        if status != "done":
+            summary = results.cell(cid).read_summary() or {}
+            print(f"  {status}: {cid} {summary.get('error') or ''}", file=out)
+    return {**statuses, **{cid: "skipped" for cid in skipped}}
+
+
+def _remove_storage(storage: str, cell_id: str) -> None:
+    import shutil
+
+    if "://" not in storage:
+        shutil.rmtree(os.path.join(storage, cell_id), ignore_errors=True)

@@ -1,0 +1,258 @@
+"""The training loop every cell runs, on every Ray Train worker.
+
+`train_loop_per_worker(config)` reads top to bottom: data -> model -> optimizer
+-> resume -> (eval, checkpoint, report) / train steps -> stop. It knows Ray
+Train (rank, DDP, checkpoints, `ray.train.report`) and nothing of Tune, suites
+or result files: the runner turns each report into result rows.
+
+Each evaluation reports one row (keys in docs/ARCHITECTURE.md) together with a
+checkpoint, so a restarted worker group resumes exactly at the last reported
+row and the history has neither gaps nor repeats. A non-finite training loss
+ends the cell with a final row whose `status` is `diverged`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+CHECKPOINT_WEIGHTS = "model.safetensors"   # timm state-dict keys: loadable by build_model(pretrained=...)
+CHECKPOINT_STATE = "train_state.pt"        # optimizer + counters; loaded with weights_only=True
+DIVERGENCE_CHECK_EVERY = 10                # steps between loss checks: each one is a device sync
+
+
+def get_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, schedule: str) -> float:
+    """Linear warm-up, then cosine to zero (or constant)."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_optimizer(model: torch.nn.Module, config: dict) -> torch.optim.Optimizer:
+    # timm's grouping: no weight decay on norms, biases, position embeddings and the CLS token.
+    from timm.optim import param_groups_weight_decay
+
+    groups = param_groups_weight_decay(model, weight_decay=config["weight_decay"])
+    if config["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=config["lr"], momentum=config["momentum"])
+    return torch.optim.AdamW(groups, lr=config["lr"])
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, autocast) -> dict:
+    """Top-1/top-5/loss over the whole split: each rank counts its share, one all-reduce sums them."""
+    model.eval()
+    totals = torch.zeros(5, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, n, skipped
+    for images, labels, skipped in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast:
+            logits = model(images)
+        top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (B, 5)
+        hits = top5.eq(labels[:, None])
+        totals += torch.stack([
+            hits[:, 0].sum().double(),
+            hits.any(dim=-1).sum().double(),
+            F.cross_entropy(logits.float(), labels, reduction="sum").double(),
+            torch.tensor(float(labels.numel()), device=device, dtype=torch.float64),
+            skipped.to(device).double().sum(),
+        ])
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    correct1, correct5, loss_sum, n, skipped = totals.tolist()
+    model.train()
+    if n == 0:
+        raise RuntimeError("evaluation saw no samples: the eval split is empty on every rank")
+    return {"val_top1": 100.0 * correct1 / n, "val_top5": 100.0 * correct5 / n,
+            "val_loss": loss_sum / n, "val_samples": int(n), "val_skipped": int(skipped)}
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    weights = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+    save_file(weights, str(folder / CHECKPOINT_WEIGHTS))
+    torch.save({"optimizer": optimizer.state_dict(), **state}, folder / CHECKPOINT_STATE)
+
+
+def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer) -> dict:
+    from safetensors.torch import load_file
+
+    _unwrap(model).load_state_dict(load_file(str(folder / CHECKPOINT_WEIGHTS)))
+    state = torch.load(folder / CHECKPOINT_STATE, weights_only=True)
+    optimizer.load_state_dict(state.pop("optimizer"))
+    return state
+
+
+def _hardware(device: torch.device, world_size: int) -> dict:
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+            or platform.machine(), "device_type": device.type, "workers": world_size,
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def _rank_checksums(model: torch.nn.Module, world_size: int) -> list[float]:
+    # Position-weighted, so two ranks with permuted or swapped weights still differ.
+    flat = torch.cat([p.detach().double().flatten() for p in _unwrap(model).parameters()])
+    checksum = (flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)).sum()
+    gathered = [torch.zeros_like(checksum) for _ in range(world_size)]
+    if dist.is_initialized():
+        dist.all_gather(gathered, checksum)
+    else:
+        gathered = [checksum]
+    return [g.item() for g in gathered]
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _maybe_inject_fault(step: int, rank: int) -> None:
+    """Test-only hook: AMOD_BENCH_TEST_KILL_AT_STEP="<step>:<marker file>" kills the last
+    rank's process once at that step (the marker keeps it from firing again after the restart)."""
+    spec = os.environ.get("AMOD_BENCH_TEST_KILL_AT_STEP")
+    if not spec:
+        return
+    at_step, marker = spec.split(":", 1)
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    if step == int(at_step) and rank == world_size - 1 and not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from amod_bench.data import eval_loader, open_dataset, train_loader
+    from amod_bench.models import build_model
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    torch.manual_seed(config["seed"])
+    hardware = _hardware(device, world_size)
+
+    # ---- data
+    dataset = open_dataset(config["dataset_path"])
+    if config["batch_size"] % world_size:
+        raise ValueError(f"batch_size {config['batch_size']} is not divisible by {world_size} workers")
+    batch_per_rank = config["batch_size"] // world_size
+    loader_args = dict(batch_size=batch_per_rank, img_size=config["img_size"], mean=config["mean"],
+                       std=config["std"], rank=rank, world_size=world_size,
+                       num_workers=config["num_loader_workers"], on_error=config["on_error"])
+
+    def epoch_batches(epoch: int):
+        return train_loader(dataset, split="train", seed=config["seed"], epoch=epoch,
+                            augment=config["augment"], **loader_args)
+
+    val_batches = eval_loader(dataset, split=config["eval_split"], **loader_args)
+    steps_per_epoch = len(epoch_batches(0))
+    if steps_per_epoch == 0:
+        raise ValueError(f"{config['dataset']}: fewer training samples than one global batch "
+                         f"({config['batch_size']})")
+    total_steps = round(config["epochs"] * steps_per_epoch)
+    warmup_steps = round(config["warmup_epochs"] * steps_per_epoch)
+    eval_every = max(1, round(config["eval_every"] * steps_per_epoch))
+    macs_per_step = config["train_macs_per_sample"] * config["batch_size"]
+
+    # ---- model and optimizer; an earlier stage's checkpoint or a timm checkpoint seeds the weights
+    model = build_model(config["model"], router=config["router"], capacity=config["capacity"],
+                        routed_layers=config["routed_layers"], cls_policy=config["cls_policy"],
+                        num_classes=dataset.num_classes, img_size=config["img_size"],
+                        pretrained=config["init_weights"], **config["router_options"])
+    model = ray.train.torch.prepare_model(model)
+    optimizer = build_optimizer(model, config)
+
+    # ---- resume after a worker failure or an interrupted suite
+    state = {"step": 0, "samples": 0, "train_seconds": 0.0, "train_macs": 0, "skipped": 0}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state.update(load_checkpoint(Path(folder), model, optimizer))
+
+    def report(row: dict, with_checkpoint: bool) -> None:
+        # Every rank calls report (it is a barrier); rank 0 alone writes the checkpoint.
+        if with_checkpoint and rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                save_checkpoint(Path(folder), model, optimizer, state)
+                ray.train.report({"row": row}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report({"row": row})
+
+    def eval_row(train_loss: float) -> dict:
+        row = {"step": state["step"], "epoch": state["step"] / steps_per_epoch,
+               "samples": state["samples"], "train_macs": state["train_macs"],
+               "train_seconds": state["train_seconds"], "skipped": state["skipped"],
+               "lr": get_lr(state["step"], total_steps, warmup_steps, config["lr"], config["schedule"]),
+               "train_loss": train_loss, "status": "running", "hardware": hardware}
+        row.update(evaluate(model, val_batches, device, autocast))
+        train_skipped = torch.tensor(float(state["skipped"]), device=device)
+        if dist.is_initialized():
+            dist.all_reduce(train_skipped)
+        row["skipped"] = int(train_skipped.item()) + row.pop("val_skipped")
+        if state["step"] == total_steps:  # proof that DDP kept every rank's weights identical
+            row["rank_checksums"] = _rank_checksums(model, world_size)
+        return row
+
+    if state["step"] == 0:  # the step-0 row shows how much a routed model keeps of its starting point
+        report(eval_row(train_loss=float("nan")), with_checkpoint=False)
+
+    # ---- train
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    loss_count = 0
+    tic = time.perf_counter()
+    while state["step"] < total_steps:
+        epoch, offset = divmod(state["step"], steps_per_epoch)
+        for batch_index, (images, labels, skipped) in enumerate(epoch_batches(epoch)):
+            if batch_index < offset:  # resuming mid-epoch: skip what the checkpoint already trained on
+                continue
+            step = state["step"]
+            _maybe_inject_fault(step, rank)
+            for group in optimizer.param_groups:
+                group["lr"] = get_lr(step, total_steps, warmup_steps, config["lr"], config["schedule"])
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with autocast:
+                loss = F.cross_entropy(model(images), labels, label_smoothing=config["label_smoothing"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+            optimizer.step()
+
+            state["step"] += 1
+            state["samples"] += config["batch_size"]
+            state["train_macs"] += macs_per_step
+            state["skipped"] += int(skipped)
+            loss_sum += loss.detach().float()
+            loss_count += 1
+
+            at_eval = state["step"] % eval_every == 0 or state["step"] == total_steps
+            if at_eval or state["step"] % DIVERGENCE_CHECK_EVERY == 0:
+                finite = torch.isfinite(loss_sum).float()  # a sync point; all ranks agree on stopping
+                if dist.is_initialized():
+                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+                if finite.item() == 0:
+                    state["train_seconds"] += time.perf_counter() - tic
+                    report({"step": state["step"], "epoch": state["step"] / steps_per_epoch,
+                            "train_loss": float("nan"), "status": "diverged"}, with_checkpoint=False)
+                    return
+            if at_eval:
+                state["train_seconds"] += time.perf_counter() - tic
+                report(eval_row(train_loss=loss_sum.item() / loss_count), with_checkpoint=True)
+                loss_sum.zero_()
+                loss_count = 0
+                tic = time.perf_counter()
+            if state["step"] >= total_steps:
+                break
