@@ -411,7 +411,9 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
         trainable = tune.with_resources(
             tune.with_parameters(run_cell, cells={c.id: c for c in to_run}, board=board,
                                  storage=suite.storage, worker_env=worker_env or {}),
-            {"cpu": 0})  # the trial only drives its TorchTrainer; the workers hold the resources
+            # The trial only drives its TorchTrainer; the workers hold the CPUs and GPUs. Tune
+            # refuses an all-zero request, hence one byte of memory.
+            {"cpu": 0, "memory": 1})
         tuner = tune.Tuner(
             trainable,
             param_space={"cell_id": tune.grid_search([c.id for c in to_run])},
