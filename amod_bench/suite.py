@@ -434,10 +434,10 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if not isinstance(key, typing.Hashable):
-            loader.problems.append((line, f"unhashable mapping key {key!r}"))
+            loader.problems.append((out, "?", line, f"a mapping key must be a scalar, got {_show(key)}"))
             continue
-        if key in out:
-            loader.problems.append((line, f"duplicate key '{key}' (first on line {out.where[key][2]})"))
+        if key in out:  # PyYAML keeps the last silently; a suite must not
+            loader.problems.append((out, key, line, f"duplicate key '{key}' (first on line {out.where[key][2]})"))
         out[key] = loader.construct_object(value_node, deep=True)
         out.where[key] = ("", loader.source, line)
     return out
@@ -486,9 +486,9 @@ def _parse_yaml(text: str, source: str, errors: _Errors, path: str = "(top level
         return None
     finally:
         loader.dispose()
-    for line, message in loader.problems:
-        errors.add((path, source, line), message)
     _annotate(data, path)
+    for mapping, key, line, message in loader.problems:
+        errors.add((_join(mapping.here[0], key), source, line), message)
     return data
 
 
@@ -528,7 +528,8 @@ def _show(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, (dict, list)):
-        return "a mapping" if isinstance(value, dict) else "a list"
+        return ("a mapping" if isinstance(value, dict) else "a list") if value else \
+            ("an empty mapping" if isinstance(value, dict) else "an empty list")
     return f"{type(value).__name__} {value!r}"
 
 
@@ -1021,12 +1022,13 @@ def load_suite(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] =
     if data is None and not errors.problems:
         errors.add(("(top level)", source, 1), "empty suite file: expected a mapping with name and stages")
     elif data is not None and not isinstance(data, _Map):
+        allowed = [f.name for f in dataclasses.fields(Suite) if f.name not in ("source", "base_dir", "where")]
         errors.add(("(top level)", source, 1), f"expected a mapping of suite fields, got {_show(data)}"
-                   + _hint("", ["name", "stages", "defaults", "targets", "output", "storage", "description"]))
-    errors.raise_if_any()
+                   + _hint("", allowed + ["defaults"]))
+    if not isinstance(data, _Map):
+        errors.raise_if_any()
     for i, text_override in enumerate(overrides, start=1):
         _apply_override(data, i, text_override, errors)
-    errors.raise_if_any()
     suite, stage_names = _build_suite(data, source, os.path.abspath(base_dir or os.getcwd()), errors)
     _expand(suite, errors, stage_names)
     if check_data:
