@@ -135,6 +135,14 @@ Rules:
   "stages.search.grid.seed=[0,1]"])` (`--set`): dotted keys, stages by name or index,
   values parsed as YAML, applied before validation.
 
+`Cell.config` keys (flat; CONFIG_KEYS): id, suite, stage, model, router, capacity,
+routed_layers, cls_policy, dataset (as written), dataset_path (what amod_bench.data
+opens: bundled specs and URLs as written, folders absolute), seed, every recipe field
+(augment holds only the keys the suite sets), pretrained (as written), pretrained_path
+(absolute, or null), router_options (this cell's router only), init_from (a cell id or
+null), select (the marker or null), targets, resources, output, storage. The runner adds
+derived figures (params, gmacs, ...) from amod_bench.costs.
+
 Cell id: `<stage>-<model>-<router>-c<capacity>-<dataset>-s<seed>[-<tags>]-<hash8>`,
 e.g. `main-deit_tiny_patch16_224-amod-c0.5-digits-s0-4f3a9c1e` (`<dataset>`: the
 bundled name or the folder's base name; dense cells read `c1`). Tags name the
@@ -155,6 +163,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import types
@@ -185,18 +194,20 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _NAME = _check(lambda v: bool(_NAME_RE.match(v)), "must be a non-empty name of letters, digits, '.', '_' or '-'")
 
 
-def _check_pair(v) -> bool:
-    return 0 < v[0] <= v[1] <= 1
-
-
-def _check_gpus(v: float) -> bool:
-    return v >= 0 and (v <= 1 or float(v).is_integer())
+_AT_LEAST_1 = _check(lambda v: v >= 1, "must be >= 1")
+_PERCENT = _check(lambda v: 0 < v <= 100, "must be in (0, 100]")
+_PROBABILITY = _check(lambda v: 0 <= v <= 1, "must be a probability in [0, 1]")
+_AREA = _check(lambda v: 0 < v[0] <= v[1] <= 1, "must be [lo, hi] with 0 < lo <= hi <= 1")
+_RANGE = _check(lambda v: 0 < v[0] <= v[1], "must be [lo, hi] with 0 < lo <= hi")
+_GPUS = _check(lambda v: v >= 0 and (v <= 1 or float(v).is_integer()),
+               "must be 0, a fraction in (0, 1] or a whole number")
+_FAILURES = _check(lambda v: v >= -1, "must be >= -1 (-1 = unlimited)")
 
 
 @dataclass(frozen=True)
 class Targets:
     within_peak_pct: float = field(default=2.0, metadata=_POSITIVE)  # points (%) below the run's own peak: the paper's rule
-    top1: float | None = field(default=None, metadata=_check(lambda v: 0 < v <= 100, "must be in (0, 100]"))  # common top-1 target (%); null = the dense median best
+    top1: float | None = field(default=None, metadata=_PERCENT)  # common target top-1 (%); null = dense median
 
 
 @dataclass(frozen=True)
@@ -204,12 +215,12 @@ class Augment:
     """Training augmentation (amod_bench.data.transforms). Every field defaults to null = the
     dataset manifest's default (the bundled digit sets: no flip, scale [0.6, 1]), else timm's."""
 
-    scale: tuple[float, float] | None = field(default=None, metadata=_check(_check_pair, "must be [lo, hi] with 0 < lo <= hi <= 1"))  # RandomResizedCrop area fraction
-    ratio: tuple[float, float] | None = field(default=None, metadata=_check(lambda v: 0 < v[0] <= v[1], "must be [lo, hi] with 0 < lo <= hi"))  # RandomResizedCrop aspect ratio
+    scale: tuple[float, float] | None = field(default=None, metadata=_AREA)  # RandomResizedCrop area fraction
+    ratio: tuple[float, float] | None = field(default=None, metadata=_RANGE)  # RandomResizedCrop aspect ratio
     hflip: bool | None = None  # random horizontal flip (p = 0.5)
     color_jitter: float | tuple[float, ...] | None = None  # brightness/contrast/saturation(/hue); 0 = off
     trivial_augment: bool | None = None  # TrivialAugmentWide after the crop
-    random_erasing: float | None = field(default=None, metadata=_check(lambda v: 0 <= v <= 1, "must be a probability in [0, 1]"))  # RandomErasing probability
+    random_erasing: float | None = field(default=None, metadata=_PROBABILITY)  # RandomErasing probability
     interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None  # resize interpolation
 
 
@@ -236,11 +247,11 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Resources:
-    workers: int = field(default=1, metadata=_check(lambda v: v >= 1, "must be >= 1"))  # Ray Train workers (DDP ranks) per cell
+    workers: int = field(default=1, metadata=_AT_LEAST_1)  # Ray Train workers (DDP ranks) per cell
     cpus_per_worker: float = field(default=1.0, metadata=_POSITIVE)  # CPU cores reserved per worker (loader processes run there)
-    gpus_per_worker: float = field(default=0.0, metadata=_check(_check_gpus, "must be 0, a fraction in (0, 1] or a whole number"))  # 0 = CPU; a fraction shares one GPU between cells
-    max_failures: int = field(default=0, metadata=_check(lambda v: v >= -1, "must be >= -1 (-1 = unlimited)"))  # worker-group restarts from the last checkpoint (FailureConfig)
-    checkpoints_to_keep: int | None = field(default=1, metadata=_check(lambda v: v >= 1, "must be >= 1 (or null = keep all)"))  # CheckpointConfig.num_to_keep
+    gpus_per_worker: float = field(default=0.0, metadata=_GPUS)  # 0 = CPU; a fraction shares a GPU
+    max_failures: int = field(default=0, metadata=_FAILURES)  # restarts from the last checkpoint (FailureConfig)
+    checkpoints_to_keep: int | None = field(default=1, metadata=_AT_LEAST_1)  # CheckpointConfig.num_to_keep; null = all
 
 
 @dataclass(frozen=True)
@@ -310,7 +321,7 @@ class Suite:
     description: str = ""  # free text
     output: str | None = None  # results folder; default results/<name>; absolute after load_suite
     storage: str | None = None  # Ray storage path or URI; default <output>/ray; absolute after load_suite
-    max_concurrent: int = field(default=1, metadata=_check(lambda v: v >= 1, "must be >= 1"))  # cells at once, whole suite (one Tune run); the runner also caps it to the cluster
+    max_concurrent: int = field(default=1, metadata=_AT_LEAST_1)  # cells at once, whole suite; capped to the cluster
     targets: Targets = field(default_factory=Targets)  # convergence targets for the report
     source: str = ""  # the suite file, for messages and the results copy
     base_dir: str = ""  # the working directory at load time: relative paths resolve here
@@ -571,6 +582,9 @@ def _coerce(value: Any, tp, where, errors: _Errors) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                errors.add(where, f"expected a finite number, got {value!r}")
+                return _BAD
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -907,7 +921,7 @@ def _build_ref(cls, data: Any, where, errors: _Errors):
     if isinstance(data, _Map):
         fixed = _Map(data)
         fixed.here, fixed.where = data.here, data.where
-        for key in ("match", "fields", "by"):  # a single key may be written as a scalar
+        for key in ("match", "by"):  # a single key may be written as a scalar
             if isinstance(data.get(key), str):
                 fixed[key] = _seq_of(data, key)
         return _build_obj(cls, fixed, errors)
