@@ -74,6 +74,7 @@ def plan_rows(cells) -> list[dict]:
 
     classes: dict[str, int | None] = {}
     costs: dict[str, dict] = {}
+    stage_of = {cell.id: cell.stage for cell in cells}
     rows = []
     for cell in cells:
         c = cell.config
@@ -88,11 +89,11 @@ def plan_rows(cells) -> list[dict]:
                                           "img_size", "router_options")] + [num_classes], sort_keys=True)
         if arch not in costs:  # cell_costs caches parameter counts too; this skips the MAC math
             costs[arch] = cell_costs(c, num_classes=num_classes)
-        rows.append(_row(cell, costs[arch]))
+        rows.append(_row(cell, costs[arch], stage_of))
     return rows
 
 
-def _row(cell, cost: dict) -> dict:
+def _row(cell, cost: dict, stage_of: dict[str, str]) -> dict:
     from amod_bench.suite import dataset_short_name
 
     c = cell.config
@@ -100,7 +101,7 @@ def _row(cell, cost: dict) -> dict:
     if c["select"] and c["select"]["param"] != "lr":
         notes.append(f"{c['select']['param']} from {c['select']['stage']}")
     if c["init_from"]:
-        notes.append(f"init from {c['init_from'].split('-', 1)[0]}")
+        notes.append(f"init from {stage_of.get(c['init_from'], c['init_from'])}")
     elif c["pretrained"]:
         notes.append(f"pretrained {c['pretrained']}")
     return {
