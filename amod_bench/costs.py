@@ -37,16 +37,21 @@ def cell_costs(config: dict, num_classes: int | None = None) -> dict:
         num_classes = _dataset_classes(config) or model["num_classes"]
     routed_layers = config["routed_layers"]
     routed_layers = routed_layers if isinstance(routed_layers, str) else tuple(routed_layers)
+    router_options = config.get("router_options") or {}
     arch = dict(router=config["router"], capacity=config["capacity"], routed_layers=routed_layers,
                 cls_policy=config["cls_policy"], img_size=img_size, num_classes=num_classes)
-    macs = flops.count_macs(config["model"], **arch)
+    macs = flops.count_macs(config["model"], **arch, **router_options)
     dense = flops.count_macs(config["model"], **{**arch, "router": "dense", "capacity": 1.0})
+    # Capacity changes the parameter count only through isoflop's depth: keep it out of the
+    # cache key otherwise, so a capacity sweep builds each architecture once.
+    params_capacity = config["capacity"] if config["router"] == "isoflop" else 1.0
     return {
-        "params": _params(config["model"], num_classes=num_classes,
-                          router_options=tuple(sorted(config.get("router_options", {}).items())),
-                          **{k: v for k, v in arch.items() if k != "num_classes"}),
+        "params": _params(config["model"], router=config["router"], capacity=params_capacity,
+                          routed_layers=routed_layers, cls_policy=config["cls_policy"],
+                          num_classes=num_classes, img_size=img_size,
+                          router_options=tuple(sorted(router_options.items()))),
         "gmacs": macs.total / 1e9,
-        "train_macs_per_sample": flops.train_macs_per_sample(config["model"], **arch),
+        "train_macs_per_sample": flops.train_macs_per_sample(config["model"], **arch, **router_options),
         "flop_ratio_dense": macs.total / dense.total,
         "img_size": img_size, "mean": list(model["mean"]), "std": list(model["std"]),
         "num_classes": num_classes,
@@ -56,7 +61,6 @@ def cell_costs(config: dict, num_classes: int | None = None) -> dict:
 def _dataset_classes(config: dict) -> int | None:
     from amod_bench.data import missing_dataset_message, open_dataset
 
-    path = config.get("dataset_path", config["dataset"])
-    if missing_dataset_message(path) is not None:
+    if missing_dataset_message(config["dataset_path"]) is not None:
         return None
-    return open_dataset(path).num_classes
+    return open_dataset(config["dataset_path"]).num_classes

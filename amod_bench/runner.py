@@ -216,7 +216,8 @@ def run_cell(params: dict, *, cells: dict, board, storage: str, worker_env: dict
         time.sleep(DEPENDENCY_POLL_SECONDS)
         summaries = ray.get(board.get.remote(deps))
 
-    config["init_weights"] = config.get("pretrained")
+    # "timm" (hub download) or the absolute path of a local checkpoint file
+    config["init_weights"] = config["pretrained_path"] or config["pretrained"]
     if config.get("init_from"):
         parent = summaries[config["init_from"]]
         if parent["status"] != "done" or not parent.get("checkpoint"):

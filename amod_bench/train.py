@@ -170,7 +170,8 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_model(config["model"], router=config["router"], capacity=config["capacity"],
                         routed_layers=config["routed_layers"], cls_policy=config["cls_policy"],
                         num_classes=dataset.num_classes, img_size=config["img_size"],
-                        pretrained=config["init_weights"], **config["router_options"])
+                        pretrained=config["init_weights"], drop_path_rate=config["drop_path"],
+                        **config["router_options"])
     model = ray.train.torch.prepare_model(model)
     optimizer = build_optimizer(model, config)
 
