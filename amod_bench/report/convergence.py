@@ -1,0 +1,301 @@
+"""Convergence speed: time-to-target, speedups with bootstrap CIs, performance profiles.
+
+Rules (also printed in the report, one line per table or figure):
+
+* **Time to target** of one cell, in each of the units `epoch`, `step`,
+  `train_macs`, `train_seconds` (metrics.jsonl columns): take the evals in step
+  order with a finite val_top1; find the *first* eval i whose val_top1 >= the
+  target; if i is the first eval, the time is that eval's value; otherwise
+  interpolate linearly between eval i-1 and eval i in each unit separately:
+  t = u[i-1] + (target - y[i-1]) / (y[i] - y[i-1]) * (u[i] - u[i-1]).
+  A cell that never reaches the target gets +inf ("not reached"); a unit
+  missing at the evals involved gives NaN.
+* **peak rule** (the paper's): target = the cell's own peak val_top1 minus X,
+  X = `targets.within_peak_pct` (default 2). `peak_mode="points"` (default)
+  reads X as absolute percentage points (peak - X); `"relative"` as a
+  fraction of the peak (peak * (1 - X/100)).
+* **common rule** (AlgoPerf-style): one target per workload (stage, model,
+  dataset): `targets.top1` if the suite sets it, else the median over seeds of
+  the full-depth dense router's best val_top1 (if several dense variants, the
+  highest of their medians). For an even number of seeds the lower of the two
+  middle values is taken (`median_low`), so that at least half of the dense
+  seeds reach the target and the dense median time is finite.
+* **Speedup** of a router over a baseline = median over seeds of the
+  baseline's time / median over seeds of the router's time (> 1: the router is
+  faster). CI: percentile bootstrap (2000 resamples by default; percentiles
+  by numpy's inverted_cdf, i.e. actual resample values); seeds (whole cells,
+  all four units together) of router and baseline are resampled independently
+  with replacement; each (rule, router, baseline) comparison draws from its
+  own stream seeded by (seed, crc32 of its name), so results do not depend
+  on which other cells are loaded. Baselines are matched
+  on workload, recipe and capacity; the dense baseline matches every capacity.
+* **Performance profile** (AlgoPerf form): per workload x recipe x capacity, a
+  router's ratio r = its median time / the fastest router's median time
+  (missing or not reached: inf); rho(tau) = fraction of those workloads with
+  r <= tau.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pandas as pd
+
+from .groups import BASELINES, WORKLOAD_KEYS, router_rank, sort_frame
+from .load import UNITS
+
+RULES = ("peak", "common")
+PEAK_MODES = ("points", "relative")
+
+
+def first_crossing(units: np.ndarray, top1: np.ndarray, target: float) -> np.ndarray:
+    """Time to `target` in every column of `units` (n_evals x n_units), evals in step order.
+
+    Evals whose top1 is not finite are ignored. Returns inf per unit when the
+    target is never reached, NaN when there is no target or no usable eval.
+    """
+    units = np.asarray(units, dtype=float).reshape(len(top1), -1)
+    top1 = np.asarray(top1, dtype=float)
+    keep = np.isfinite(top1)
+    units, top1 = units[keep], top1[keep]
+    if not np.isfinite(target) or top1.size == 0:
+        return np.full(units.shape[1], np.nan)
+    hits = np.flatnonzero(top1 >= target)
+    if hits.size == 0:
+        return np.full(units.shape[1], np.inf)
+    i = hits[0]
+    if i == 0:
+        return units[0].copy()
+    frac = (target - top1[i - 1]) / (top1[i] - top1[i - 1])  # in (0, 1]: y[i-1] < target <= y[i]
+    return units[i - 1] + frac * (units[i] - units[i - 1])
+
+
+def peak_target(peak: float, within: float, mode: str = "points") -> float:
+    """The paper's target: `within` points below `peak` ("points"), or `within`% of it ("relative")."""
+    if mode == "points":
+        return peak - within
+    if mode == "relative":
+        return peak * (1.0 - within / 100.0)
+    raise ValueError(f"peak mode must be one of {PEAK_MODES}, got {mode!r}")
+
+
+def median_low(values) -> float:
+    """The median for odd n; for even n the lower of the two middle values (always an observed value).
+
+    Used for the dense target: with the plain median and an even number of
+    seeds exactly half the dense seeds reach it, so the dense model's own
+    median time-to-target would be infinite.
+    """
+    v = np.sort(np.asarray(values, dtype=float)[np.isfinite(values)])
+    return float(v[(v.size - 1) // 2]) if v.size else np.nan
+
+
+def common_targets(cells: pd.DataFrame, top1: float | None = None) -> pd.DataFrame:
+    """One row per workload: `common_target` and where it came from (`target_source`).
+
+    `top1` (a CLI override) wins over the suites' `targets.top1`, which wins
+    over the dense median best. Only `ok` cells count.
+    """
+    rows = []
+    for key, group in cells.groupby(WORKLOAD_KEYS, sort=True):
+        ok = group[group["ok"]]
+        dense = ok[ok["router"] == "dense"]
+        set_in_suite = group["target_top1"].dropna()
+        if top1 is not None:
+            target, source = float(top1), "--target-top1"
+        elif len(set_in_suite):
+            target, source = float(set_in_suite.iloc[0]), "targets.top1"
+            if set_in_suite.nunique() > 1:
+                source += f" (first of {sorted(set_in_suite.unique())})"
+        elif len(dense):
+            medians = dense.groupby("variant")["best_top1"].agg([median_low, "size"])
+            best = medians.sort_values("median_low", ascending=False, kind="stable").iloc[0]
+            target, source = float(best["median_low"]), f"dense median best (n={int(best['size'])})"
+        else:
+            target, source = np.nan, "none: no finished dense cell and no targets.top1"
+        rows.append(dict(zip(WORKLOAD_KEYS, key), common_target=target, target_source=source))
+    return pd.DataFrame(rows, columns=[*WORKLOAD_KEYS, "common_target", "target_source"])
+
+
+def times_to_target(cells: pd.DataFrame, evals: pd.DataFrame, *, within: float | None = None,
+                    peak_mode: str = "points", common_top1: float | None = None) -> pd.DataFrame:
+    """One row per (cell, rule) for every cell with evals: target, peak, and the time in each unit.
+
+    `within` overrides each cell's `targets.within_peak_pct` (default 2.0).
+    Flagged cells get rows too (their `ok` column says so); aggregates drop them.
+    """
+    if peak_mode not in PEAK_MODES:
+        raise ValueError(f"peak mode must be one of {PEAK_MODES}, got {peak_mode!r}")
+    common = common_targets(cells, common_top1)
+    info = cells.merge(common, on=WORKLOAD_KEYS, how="left").set_index(["suite", "cell"])
+    rows = []
+    for (suite, cell), ev in evals.groupby(["suite", "cell"], sort=True):
+        if (suite, cell) not in info.index:
+            continue
+        meta = info.loc[(suite, cell)]
+        top1 = ev["val_top1"].to_numpy()
+        units = ev[list(UNITS)].to_numpy()
+        finite = top1[np.isfinite(top1)]
+        peak = float(finite.max()) if finite.size else np.nan
+        x = within if within is not None else meta["target_within_peak_pct"]
+        x = 2.0 if pd.isna(x) else float(x)
+        for rule, target in (("peak", peak_target(peak, x, peak_mode)), ("common", meta["common_target"])):
+            times = first_crossing(units, top1, float(target))
+            rows.append({"suite": suite, "cell": cell, "rule": rule, "target": float(target), "peak": peak,
+                         "within": x if rule == "peak" else np.nan, **dict(zip(UNITS, times)),
+                         "reached": bool(np.isfinite(target) and (finite >= target).any())})
+    columns = ["suite", "cell", "rule", "target", "peak", "within", *UNITS, "reached"]
+    out = pd.DataFrame(rows, columns=columns)
+    keys = ["variant", "workload", "recipe", "router", "router_label", "capacity", "seed", "ok", *WORKLOAD_KEYS]
+    return out.merge(cells[["suite", "cell", *[k for k in keys if k in cells]]], on=["suite", "cell"], how="left")
+
+
+def median_times(ttt: pd.DataFrame) -> pd.DataFrame:
+    """Median over seeds (ok cells only) of each unit, per (variant, rule); `n` seeds."""
+    ok = ttt[ttt["ok"]]
+    keys = ["rule", "variant", "workload", *WORKLOAD_KEYS, "recipe", "capacity", "router", "router_label"]
+    agg = ok.groupby(keys, sort=False, dropna=False).agg(
+        target=("target", "median"), n=("cell", "size"), reached=("reached", "sum"),
+        **{u: (u, "median") for u in UNITS})
+    agg = agg.reset_index()
+    agg["reached"] = agg["reached"].astype(int)
+    return sort_frame(agg, ["rule"])
+
+
+def bootstrap_speedup(router, baseline, *, n_boot: int = 2000, seed=0, level: float = 0.95):
+    """median(baseline) / median(router) and its percentile-bootstrap CI, over seeds.
+
+    `router` (n_r,) or (n_r, k) and `baseline` (n_b,) or (n_b, k): seeds x
+    units. Seeds (whole cells, all units together) are resampled with
+    replacement, router and baseline independently. Returns (point, low, high),
+    floats for 1-D input, arrays of k otherwise. inf / inf (neither reached) is
+    NaN; resamples giving NaN are left out of the percentiles.
+    """
+    router, baseline = np.asarray(router, float), np.asarray(baseline, float)
+    flat = router.ndim == 1
+    router, baseline = router.reshape(len(router), -1), baseline.reshape(len(baseline), -1)
+    rng = np.random.default_rng(seed)
+    r_idx = rng.integers(0, len(router), (n_boot, len(router)))
+    b_idx = rng.integers(0, len(baseline), (n_boot, len(baseline)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        point = np.median(baseline, axis=0) / np.median(router, axis=0)
+        ratios = np.median(baseline[b_idx], axis=1) / np.median(router[r_idx], axis=1)  # (n_boot, k)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.full(point.shape, np.nan), np.full(point.shape, np.nan)
+    for j in range(ratios.shape[1]):
+        col = ratios[:, j][~np.isnan(ratios[:, j])]
+        if col.size:
+            # inverted_cdf picks resample values (no interpolation), so inf endpoints stay inf, never NaN
+            low[j], high[j] = np.quantile(col, [alpha, 1.0 - alpha], method="inverted_cdf")
+    if flat:
+        return float(point[0]), float(low[0]), float(high[0])
+    return point, low, high
+
+
+def _stable_seed(seed: int, *parts) -> list[int]:
+    """A per-comparison seed that does not change when other comparisons are added."""
+    return [seed, zlib.crc32("|".join(map(str, parts)).encode())]
+
+
+def speedups(ttt: pd.DataFrame, *, baselines=BASELINES, n_boot: int = 2000, seed: int = 0,
+             level: float = 0.95) -> pd.DataFrame:
+    """One row per (rule, unit, router variant, baseline variant) with the speedup and its CI."""
+    ok = ttt[ttt["ok"]]
+    rows = []
+    times = {k: g[list(UNITS)].to_numpy(float) for k, g in ok.groupby(["rule", "variant"], sort=True)}  # seeds x units
+    meta = {m["variant"]: m for m in ok.drop_duplicates(["variant"]).to_dict("records")}
+    by_router: dict[tuple, list[str]] = {}
+    for v, m in meta.items():
+        by_router.setdefault((m["router"], m["workload"], m["recipe"]), []).append(v)
+    for (rule, variant), r in times.items():
+        me = meta[variant]
+        if me["router"] == "dense":
+            continue
+        for base in baselines:
+            if base == me["router"]:
+                continue
+            partners = [p for p in by_router.get((base, me["workload"], me["recipe"]), [])
+                        if base == "dense" or meta[p]["capacity"] == me["capacity"]]
+            for partner in partners:
+                b = times.get((rule, partner))
+                if b is None:
+                    continue
+                point, low, high = bootstrap_speedup(r, b, n_boot=n_boot, level=level,
+                                                     seed=_stable_seed(seed, rule, variant, partner))
+                unknown = np.isnan(r).any(axis=0) | np.isnan(b).any(axis=0)  # a unit missing in some seed
+                for j, unit in enumerate(UNITS):
+                    rows.append({
+                        "rule": rule, "unit": unit, "variant": variant, "workload": me["workload"],
+                        **{k: me[k] for k in WORKLOAD_KEYS}, "recipe": me["recipe"], "capacity": me["capacity"],
+                        "router": me["router"], "router_label": me["router_label"],
+                        "baseline": base, "baseline_label": meta[partner]["router_label"],
+                        "router_median": float(np.median(r[:, j])), "baseline_median": float(np.median(b[:, j])),
+                        "speedup": np.nan if unknown[j] else point[j], "ci_low": np.nan if unknown[j] else low[j],
+                        "ci_high": np.nan if unknown[j] else high[j], "n_router": len(r), "n_baseline": len(b),
+                    })
+    columns = ["rule", "unit", "variant", "workload", *WORKLOAD_KEYS, "recipe", "capacity", "router",
+               "router_label", "baseline", "baseline_label", "router_median", "baseline_median", "speedup",
+               "ci_low", "ci_high", "n_router", "n_baseline"]
+    out = pd.DataFrame(rows, columns=columns)
+    if out.empty:
+        return out
+    out["_b"] = out["baseline"].map(lambda r: router_rank(r)[0])
+    out["_u"] = out["unit"].map(UNITS.index)
+    out = sort_frame(out, ["_b", "baseline_label", "rule", "_u"]).drop(columns=["_b", "_u"])
+    return out
+
+
+def profile_ratios(medians: pd.DataFrame) -> pd.DataFrame:
+    """Per (rule, unit, profile workload, router_label): median time / the fastest router's (inf: not reached).
+
+    A profile workload is (workload, recipe, capacity); the dense variants of a
+    workload join every capacity of it. Units never measured in a workload are dropped.
+    """
+    keys = ["rule", "workload", "recipe"]
+    routed = medians[medians["router"] != "dense"]
+    dense = medians[medians["router"] == "dense"]
+    caps = routed[[*keys, "capacity"]].drop_duplicates()
+    with_caps = dense.drop(columns="capacity").merge(caps, on=keys, how="inner")
+    alone = dense[~dense.set_index(keys).index.isin(caps.set_index(keys).index)]  # no routed model to compare
+    members = pd.concat([routed, with_caps, alone], ignore_index=True)
+    long = members.melt(id_vars=[*keys, "capacity", "router", "router_label"], value_vars=list(UNITS),
+                        var_name="unit", value_name="time")
+    best = long.groupby([*keys, "capacity", "unit"], sort=False)["time"].transform("min")
+    long = long[best.notna()]
+    t, best = long["time"].to_numpy(float), best[best.notna()].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(np.isfinite(t) & np.isfinite(best), t / best, np.inf)  # not reached, or nobody did
+        ratio = np.where(best == 0, np.where(t == 0, 1.0, np.inf), ratio)
+    out = long.assign(ratio=ratio)
+    return out[["rule", "unit", "workload", "recipe", "capacity", "router_label", "router", "ratio"]].reset_index(drop=True)
+
+
+def performance_profile(medians: pd.DataFrame, taus=None) -> pd.DataFrame:
+    """rho(tau) per (rule, unit, router_label): the fraction of workloads with ratio <= tau.
+
+    The profile workloads are (workload, recipe, capacity); a router absent
+    from a workload counts as not reached there (ratio inf), as in AlgoPerf.
+    `taus` defaults to 1.00, 1.25, ..., 4.00.
+    """
+    taus = np.round(np.arange(1.0, 4.0001, 0.25), 6) if taus is None else np.asarray(taus, float)
+    ratios = profile_ratios(medians)
+    rows = []
+    for (rule, unit), group in ratios.groupby(["rule", "unit"], sort=False):
+        group = group.assign(_w=group["workload"] + "|" + group["recipe"] + "|" + group["capacity"].astype(str))
+        table = group.pivot_table(index="_w", columns="router_label", values="ratio", aggfunc="first", dropna=False)
+        table = table.fillna(np.inf)  # absent from a workload: not reached
+        routers = group.drop_duplicates("router_label").set_index("router_label")["router"]
+        ratio = table.to_numpy()  # (workloads, routers)
+        fraction = (ratio[:, :, None] <= taus[None, None, :]).mean(axis=0)  # (routers, taus)
+        for j, label in enumerate(table.columns):
+            rows.append(pd.DataFrame({"rule": rule, "unit": unit, "router": routers[label], "router_label": label,
+                                      "tau": taus, "fraction": fraction[j], "n_workloads": ratio.shape[0]}))
+    columns = ["rule", "unit", "router", "router_label", "tau", "fraction", "n_workloads"]
+    out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)
+    if out.empty:
+        return out
+    out["_r"] = out["rule"].map(RULES.index)
+    out["_u"] = out["unit"].map(UNITS.index)
+    out["_k"] = out["router"].map(lambda r: router_rank(r))
+    return (out.sort_values(["_r", "_u", "_k", "router_label", "tau"], kind="stable")
+            .drop(columns=["_r", "_u", "_k"]).reset_index(drop=True))

@@ -1,0 +1,303 @@
+"""Report figures, seaborn over matplotlib. Each function returns the figure (or FacetGrid) unsaved.
+
+* `convergence_figure`: val top-1 vs epochs / training GMACs / wall-clock,
+  rows = workload (+ recipe), columns = capacity; mean over seeds with a 95%
+  Student-t band; the common target as a dotted horizontal line (gid "target").
+* `isoflop_figure`: best top-1 vs inference GMACs per image, one marker per
+  router (color) and capacity (marker), 95% t error bars over seeds, the Pareto
+  frontier as a dashed step line (gid "pareto").
+* `speedup_figure`: time-to-target speedup bars, rows = unit, columns =
+  target rule, x = workload / capacity / baseline, with the bootstrap CIs as
+  error bars and a line at 1.
+* `profile_figure`: AlgoPerf performance profiles, one panel per unit,
+  line style = target rule.
+
+Colors are fixed per router (`ROUTER_COLORS`) across all figures. Dense
+curves and points are repeated in every capacity column they are compared in.
+"""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.colors as mcolors  # noqa: E402
+import matplotlib.container  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .accuracy import t_halfwidth  # noqa: E402
+from .groups import ROUTER_ORDER, router_rank  # noqa: E402
+
+# seaborn "colorblind" hues, one per router, the same in every figure
+ROUTER_COLORS = {
+    "dense": "#333333", "isoflop": "#949494", "mod": "#0173b2", "amod": "#d55e00",
+    "mod_tanh": "#56b4e9", "random": "#ca9161", "cls": "#029e73",
+}
+_SPARE_COLORS = ("#cc78bc", "#de8f05", "#fbafe4", "#ece133")
+X_UNITS = {  # convergence x axis -> (column, axis label)
+    "epoch": ("epoch", "epochs"),
+    "gmacs": ("train_gmacs", "cumulative training GMACs (MACs / 1e9, all ranks)"),
+    "seconds": ("train_seconds", "wall-clock training seconds (evals excluded)"),
+}
+UNIT_LABELS = {"epoch": "epochs", "step": "optimizer steps", "train_macs": "training MACs",
+               "train_seconds": "wall-clock seconds"}
+
+
+def router_color(router: str) -> str:
+    if router in ROUTER_COLORS:
+        return ROUTER_COLORS[router]
+    return _SPARE_COLORS[sum(map(ord, router)) % len(_SPARE_COLORS)]  # stable across runs
+
+
+def router_order(routers) -> list[str]:
+    return sorted(set(routers), key=router_rank)
+
+
+def label_palette(labels: pd.DataFrame) -> dict[str, tuple]:
+    """router_label -> color: the router's color, shaded apart when a router has several labels."""
+    palette = {}
+    for router, group in labels.drop_duplicates("router_label").groupby("router", sort=False):
+        base = mcolors.to_rgb(router_color(router))
+        names = sorted(group["router_label"])
+        for i, name in enumerate(names):
+            mix = 0.0 if i == 0 else 0.55 * i / len(names)  # lighter towards white
+            palette[name] = tuple(c + (1 - c) * mix for c in base)
+    return palette
+
+
+def label_order(frame: pd.DataFrame) -> list[str]:
+    pairs = frame.drop_duplicates("router_label")[["router", "router_label"]].itertuples(index=False)
+    return [label for _, label in sorted(pairs, key=lambda p: (router_rank(p[0]), p[1]))]
+
+
+def _style_column(frame: pd.DataFrame) -> pd.Series:
+    """Line style key: what distinguishes variants of one router (router axes and recipe)."""
+    extra = frame["router_label"].str.partition(" (")[2].str.rstrip(")")
+    style = extra.where(frame["recipe"] == "", extra + ", " + frame["recipe"]).str.strip(", ")
+    return style.where(style != "", "-")
+
+
+def panel_labels(frame: pd.DataFrame) -> pd.Series:
+    """Row label of a facet: model / dataset, plus stage and recipe when they vary."""
+    parts = [frame["model"] + " / " + frame["dataset"]]
+    if frame["stage"].nunique() > 1:
+        parts.insert(0, frame["stage"])
+    label = parts[0] if len(parts) == 1 else parts[0] + " / " + parts[1]
+    return label.where(frame["recipe"] == "", label + " / " + frame["recipe"])
+
+
+def _cap_label(c: float) -> str:
+    return f"{c:g}"
+
+
+def convergence_data(cells: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
+    """Evals of the ok cells with grouping columns, dense rows repeated per capacity, aligned x columns.
+
+    Seeds are aligned on epoch: at each (variant, epoch) the GMACs and seconds
+    x values are replaced by their mean over seeds, so seaborn averages
+    val_top1 across seeds at one x (wall-clock differs between seeds).
+    """
+    keys = ["suite", "cell", "variant", "workload", "recipe", "stage", "model", "dataset", "router",
+            "router_label", "capacity", "seed"]
+    data = evals.merge(cells.loc[cells["ok"], keys], on=["suite", "cell"], how="inner")
+    data = data[np.isfinite(data["val_top1"])].copy()
+    data["train_gmacs"] = data["train_macs"] / 1e9
+    data["epoch_key"] = data["epoch"].round(6)
+    for column in ("train_gmacs", "train_seconds"):
+        data[column] = data.groupby(["variant", "epoch_key"])[column].transform("mean")
+    routed_caps = data.loc[data["router"] != "dense"].groupby(["workload", "recipe"])["capacity"].unique()
+    parts = [data[data["router"] != "dense"]]
+    dense = data[data["router"] == "dense"]
+    for (workload, recipe), group in dense.groupby(["workload", "recipe"], sort=False):
+        caps = routed_caps.get((workload, recipe), [1.0])
+        parts += [group.assign(capacity=c) for c in sorted(caps)]
+    data = pd.concat(parts, ignore_index=True)
+    data["panel"] = panel_labels(data)
+    data["cap"] = data["capacity"].map(_cap_label)
+    data["style"] = _style_column(data)
+    return data
+
+
+def _curves(data: pd.DataFrame, column: str, level: float) -> pd.DataFrame:
+    """Mean over seeds at each (facet, router, style, eval) with its t interval (`low`, `high`)."""
+    keys = ["panel", "cap", "capacity", "router", "style", "epoch_key"]
+    agg = data.groupby(keys, sort=True).agg(x=(column, "mean"), val_top1=("val_top1", "mean"),
+                                            std=("val_top1", "std"), n=("val_top1", "size")).reset_index()
+    half = t_halfwidth(agg["std"], agg["n"], level)
+    return agg.assign(low=agg["val_top1"] - half, high=agg["val_top1"] + half).rename(columns={"x": column})
+
+
+def _bands(grid, curves: pd.DataFrame, x: str) -> None:
+    """The CI band of each curve, in its router's color (straight onto the facets: no extra grid layout pass)."""
+    for (panel, cap, router, _style), curve in curves.groupby(["panel", "cap", "router", "style"], sort=True):
+        if curve["low"].notna().any():
+            grid.axes_dict[(panel, cap)].fill_between(curve[x], curve["low"], curve["high"], alpha=0.2, linewidth=0,
+                                                      color=router_color(router), gid="band")
+
+
+def _suptitle(fig, text: str) -> None:
+    """A title above the facets, inside the figure (so no tight bbox is needed when saving)."""
+    height = fig.get_figheight()
+    fig.subplots_adjust(top=1 - 0.55 / height)
+    fig.suptitle(text, y=1 - 0.1 / height, va="top")
+
+
+def convergence_figure(data: pd.DataFrame, targets: pd.DataFrame, x: str = "epoch", level: float = 0.95):
+    """FacetGrid of val top-1 curves; `data` from `convergence_data`, `targets` from `common_targets`.
+
+    The mean and t band are computed here (vectorised) and drawn by seaborn
+    (lines) and fill_between (bands), one line per (router, style) and facet.
+    """
+    column, xlabel = X_UNITS[x]
+    curves = _curves(data, column, level)
+    hue_order = router_order(curves["router"])
+    styles = sorted(curves["style"].unique())
+    grid = sns.relplot(
+        data=curves, x=column, y="val_top1", hue="router", hue_order=hue_order,
+        palette={r: router_color(r) for r in hue_order},
+        style="style" if len(styles) > 1 else None, style_order=styles if len(styles) > 1 else None,
+        row="panel", row_order=sorted(curves["panel"].unique()),
+        col="cap", col_order=[_cap_label(c) for c in sorted(curves["capacity"].unique())],
+        kind="line", errorbar=None, height=2.8, aspect=1.35, facet_kws={"sharex": False, "sharey": "row"},
+    )
+    _bands(grid, curves, column)
+    grid.set_titles(row_template="{row_name}", col_template="C = {col_name}")
+    grid.set_axis_labels(xlabel, "val top-1 (%)")
+    panel_target = data.merge(targets, on=["stage", "model", "dataset"]).groupby("panel")["common_target"].first()
+    for (panel, _), ax in grid.axes_dict.items():
+        target = panel_target.get(panel, np.nan)
+        if np.isfinite(target):
+            ax.axhline(target, color="black", linestyle=":", linewidth=1.0, label="common target", gid="target")
+    _suptitle(grid.figure, f"val top-1 vs {xlabel}: mean over seeds, {level:.0%} t band; dotted = common target")
+    return grid
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points not dominated (no other point has <= cost and > accuracy), by increasing cost."""
+    order = np.lexsort((-y, x))
+    xs, ys, best = [], [], -np.inf
+    for i in order:
+        if y[i] > best:
+            xs.append(x[i]), ys.append(y[i])
+            best = y[i]
+    return np.array(xs), np.array(ys)
+
+
+def isoflop_figure(table: pd.DataFrame, level: float = 0.95):
+    """Best top-1 vs inference GMACs per image, one panel per workload; `table` from accuracy_table."""
+    data = table.dropna(subset=["gmacs", "top1_mean"]).copy()
+    data["panel"] = panel_labels(data)
+    data["cap"] = "C=" + data["capacity"].map(_cap_label)
+    panels = sorted(data["panel"].unique())
+    caps = sorted(data["cap"].unique(), key=lambda s: float(s[2:]))
+    hue_order = router_order(data["router"])
+    n = max(1, len(panels))
+    width = 4.6 * n + 2.2  # 2.2 in on the right for the legend
+    fig, axes = plt.subplots(1, n, figsize=(width, 3.8), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        sub = data[data["panel"] == panel]
+        sns.scatterplot(data=sub, x="gmacs", y="top1_mean", hue="router", hue_order=hue_order,
+                        palette={r: router_color(r) for r in hue_order}, style="cap", style_order=caps,
+                        s=60, ax=ax, legend=panel == panels[-1], zorder=3)
+        bars = sub[np.isfinite(sub["top1_ci_low"])]
+        for router, group in bars.groupby("router", sort=True):
+            mean = group["top1_mean"].to_numpy()
+            ax.errorbar(group["gmacs"], mean, yerr=[mean - group["top1_ci_low"], group["top1_ci_high"] - mean],
+                        fmt="none", ecolor=router_color(router), capsize=3, linewidth=1, zorder=2, gid="ci")
+        fx, fy = pareto_front(sub["gmacs"].to_numpy(float), sub["top1_mean"].to_numpy(float))
+        ax.plot(fx, fy, drawstyle="steps-post", color="black", linestyle="--", linewidth=1,
+                label="Pareto frontier", gid="pareto", zorder=1)
+        ax.set_title(panel)
+        ax.set_xlabel("inference GMACs per image")
+        ax.set_ylabel("best top-1 (%), mean over seeds")
+    fig.tight_layout(rect=(0, 0, 1 - 2.2 / width, 1 - 0.45 / 3.8))
+    legend = axes[0][len(panels) - 1].get_legend() if panels else None
+    if legend is not None:
+        handles, labels = axes[0][len(panels) - 1].get_legend_handles_labels()
+        legend.remove()
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1 - 2.1 / width, 0.5), fontsize="small",
+                   frameon=False)
+    fig.suptitle(f"isoFLOP accuracy: best-epoch top-1 vs inference GMACs (MACs, reported as FLOPs); "
+                 f"{level:.0%} t error bars over seeds; dashed = Pareto frontier", y=1 - 0.1 / 3.8, va="top",
+                 fontsize="medium")
+    return fig
+
+
+def speedup_figure(table: pd.DataFrame, level: float = 0.95):
+    """Speedup bars with bootstrap-CI error bars: rows = unit, columns = target rule.
+
+    x = workload / capacity / baseline, hue = router. Non-finite or zero
+    speedups (one side never reached the target) are left out of the bars; the
+    speedup tables list them. Returns None when nothing is finite.
+    """
+    data = table[np.isfinite(table["speedup"]) & (table["speedup"] > 0)].copy()
+    if data.empty:
+        return None
+    data["_b"] = data["baseline"].map(lambda r: router_rank(r))
+    data = data.sort_values(["workload", "recipe", "capacity", "_b", "baseline_label"], kind="stable")
+    data["where"] = (panel_labels(data) + "\nC=" + data["capacity"].map(_cap_label) + " vs "
+                     + data["baseline_label"])
+    order = list(dict.fromkeys(data["where"]))
+    labels = label_order(data)
+    palette = label_palette(data)
+    units = [u for u in UNIT_LABELS if u in set(data["unit"])]
+    rules = [r for r in ("peak", "common") if r in set(data["rule"])]
+    grid = sns.catplot(data=data, x="where", y="speedup", hue="router_label", hue_order=labels, palette=palette,
+                       order=order, row="unit", row_order=units, col="rule", col_order=rules, kind="bar",
+                       errorbar=None, height=2.8, aspect=max(1.6, 0.055 * len(order) * len(labels)), sharey=False)
+    color_to_label = {mcolors.to_hex(c): name for name, c in palette.items()}
+    for (unit, rule), ax in grid.axes_dict.items():
+        ax.axhline(1.0, color="black", linewidth=0.8, gid="parity")
+        sub = data[(data["unit"] == unit) & (data["rule"] == rule)].set_index(["where", "router_label"])
+        bars = [b for c in ax.containers if isinstance(c, matplotlib.container.BarContainer) for b in c]
+        xs, ys, lows, highs = [], [], [], []
+        for bar in bars:
+            label = color_to_label.get(mcolors.to_hex(bar.get_facecolor()))
+            x = bar.get_x() + bar.get_width() / 2
+            key = (order[int(round(x))], label)  # bars are dodged by < 0.5 around their category
+            if key in sub.index and np.isfinite(sub.loc[key, "ci_low"]):
+                row = sub.loc[key]
+                xs.append(x), ys.append(row["speedup"]), lows.append(row["ci_low"]), highs.append(row["ci_high"])
+        if xs:
+            ys = np.array(ys)
+            ax.errorbar(xs, ys, yerr=[ys - np.array(lows), np.array(highs) - ys], fmt="none", ecolor="black",
+                        capsize=2, linewidth=0.8, gid="ci")
+        ax.set_xlabel("")
+        ax.set_title(f"{UNIT_LABELS[unit]} | {rule} target")
+        ax.tick_params(axis="x", labelsize="x-small")
+    grid.set_ylabels("speedup (x)")
+    _suptitle(grid.figure, f"time-to-target speedup = median baseline / median router (> 1: router faster), "
+                           f"{level:.0%} bootstrap CI")
+    return grid
+
+
+def profile_figure(profile: pd.DataFrame):
+    """Step curves rho(tau), one panel per unit; color = router, solid = common target, dashed = peak target."""
+    if profile.empty:
+        return None
+    data = profile.assign(target=profile["rule"] + " target")
+    labels = label_order(data)
+    units = [u for u in UNIT_LABELS if u in set(data["unit"])]
+    grid = sns.relplot(data=data, x="tau", y="fraction", hue="router_label", hue_order=labels,
+                       palette=label_palette(data), style="target",
+                       style_order=[f"{r} target" for r in ("common", "peak") if r in set(data["rule"])],
+                       col="unit", col_order=units, kind="line", errorbar=None, drawstyle="steps-post",
+                       height=2.8, aspect=1.1)
+    grid.set_titles(col_template="{col_name}")
+    grid.set_axis_labels("tau (time / fastest router's time)", "fraction of workloads")
+    for ax in grid.axes.flat:
+        ax.set_ylim(-0.03, 1.03)
+    _suptitle(grid.figure, "performance profiles: fraction of (workload, capacity) where a router is within "
+                           "tau of the fastest")
+    return grid
+
+
+def close(fig) -> None:
+    plt.close(getattr(fig, "figure", fig))
+
+
+__all__ = ["ROUTER_COLORS", "ROUTER_ORDER", "convergence_data", "convergence_figure", "isoflop_figure",
+           "speedup_figure", "profile_figure", "pareto_front", "router_color", "label_palette", "close"]

@@ -1,0 +1,105 @@
+"""How cells group into variants (seeds pooled) and workloads (routers compared).
+
+* A *workload* is (stage, model, dataset): the AlgoPerf-style common target is
+  set per workload; speedups and performance profiles compare routers at one
+  capacity of one workload with the same training recipe.
+* A *variant* is a workload plus router, capacity and every other config key
+  that varies across the loaded cells (an lr sweep, cls_policy, ...), except
+  keys that only name or seed a cell (id, seed, init_from, *_dir, *_path,
+  derived FLOP figures, and keys that are mere aliases of the seed). Cells of
+  one variant differ only by seed; means, medians and CIs are over them.
+* The varying keys split into *router axes* (routed_layers, cls_policy,
+  router_options: part of the router's label) and *recipe axes* (lr, epochs,
+  ...: a router is only compared against baselines with the same recipe).
+
+The full-depth dense model has capacity 1.0 (null in config becomes 1.0); it is
+the dense baseline of every capacity of its workload.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+ROUTER_ORDER = ("dense", "isoflop", "mod", "amod", "mod_tanh", "random", "cls")
+BASELINES = ("dense", "isoflop", "mod")
+WORKLOAD_KEYS = ["stage", "model", "dataset"]
+ROUTER_AXES = ("routed_layers", "cls_policy", "router_options")
+# config keys that never define a variant: identity, seed, provenance, derived figures
+NOT_AXES = {
+    "cell", "suite", "id", "seed", "init_from", "resources", "targets", "target_within_peak_pct",
+    "target_top1", "params", "gmacs", "train_macs_per_sample", "flop_ratio_dense", "num_classes",
+    "git_commit", "name", *WORKLOAD_KEYS, "router", "capacity",
+}
+
+
+def router_rank(router: str) -> tuple[int, str]:
+    """Sort key: the fixed router order first, unknown routers after, alphabetically."""
+    return (ROUTER_ORDER.index(router), "") if router in ROUTER_ORDER else (len(ROUTER_ORDER), str(router))
+
+
+def _is_seed_alias(cells: pd.DataFrame, key: str) -> bool:
+    """True when `key` and `seed` determine each other (e.g. a data_seed = seed field)."""
+    if "seed" not in cells or cells["seed"].nunique(dropna=False) < 2:
+        return False
+    sub = cells[[key, "seed"]].map(str)
+    return bool((sub.groupby(key)["seed"].nunique() <= 1).all() and (sub.groupby("seed")[key].nunique() <= 1).all())
+
+
+def variant_axes(cells: pd.DataFrame, config_keys: list[str]) -> list[str]:
+    """Config keys, beyond the base keys, that vary between cells of one (workload, router, capacity).
+
+    A key that differs only *between* routers (routed_layers null for dense, a
+    per-method tuned lr) is a property of the router, not an axis.
+    """
+    has_config = cells[~cells["flag"].isin(["missing", "no_config"])]
+    if has_config.empty:
+        return []
+    base = [has_config[k].map(str) for k in (*WORKLOAD_KEYS, "router", "capacity")]
+    axes = []
+    for key in sorted(config_keys):
+        if key in NOT_AXES or key.endswith(("_dir", "_path", "_id")) or key not in has_config:
+            continue
+        values = has_config[key].map(str)
+        if (values.groupby(base).nunique() > 1).any() and not _is_seed_alias(has_config, key):
+            axes.append(key)
+    return axes
+
+
+def _label(row: pd.Series, keys: list[str]) -> str:
+    return ", ".join(f"{k}={row[k]}" for k in keys if pd.notna(row[k]))
+
+
+def add_variant_columns(cells: pd.DataFrame, config_keys: list[str]) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Cells with `capacity` filled for dense and the grouping columns added.
+
+    Adds `router_label` (router plus the router axes that vary, e.g.
+    "amod (cls_policy=keep)"), `recipe` (the recipe axes that vary, "" if
+    none), `workload` ("stage / model / dataset") and `variant` (a unique,
+    sortable key). Returns (cells, router_axes, recipe_axes).
+    """
+    cells = cells.copy()
+    axes = variant_axes(cells, config_keys)
+    router_axes = [a for a in axes if a in ROUTER_AXES]
+    recipe_axes = [a for a in axes if a not in ROUTER_AXES]
+    dense = cells["router"] == "dense"
+    cells.loc[dense & cells["capacity"].isna(), "capacity"] = 1.0
+    for key in WORKLOAD_KEYS + ["router"]:
+        cells[key] = cells[key].astype(object).where(cells[key].notna(), "-").astype(str)
+    routed = cells.apply(lambda r: _label(r, router_axes) if r["router"] != "dense" else "", axis=1) if len(cells) else []
+    cells["router_label"] = [r if not extra else f"{r} ({extra})" for r, extra in zip(cells["router"], routed)]
+    cells["recipe"] = cells.apply(lambda r: _label(r, recipe_axes), axis=1) if len(cells) else ""
+    cells["workload"] = cells["stage"] + " / " + cells["model"] + " / " + cells["dataset"]
+    cells["variant"] = (cells["workload"] + " | " + cells["router_label"] + " | C=" + cells["capacity"].map(_cap)
+                        + " | " + cells["recipe"])
+    return cells, router_axes, recipe_axes
+
+
+def _cap(c) -> str:
+    return "-" if pd.isna(c) else f"{c:g}"
+
+
+def sort_frame(df: pd.DataFrame, extra: list[str] | None = None) -> pd.DataFrame:
+    """Rows in report order: workload, recipe, capacity, router (fixed order), router_label, then `extra`."""
+    keys = [k for k in ("workload", "recipe", "capacity") if k in df]
+    df = df.assign(_rank=df["router"].map(lambda r: router_rank(r)[0]) if "router" in df else 0)
+    keys += ["_rank"] + [k for k in ("router", "router_label", *(extra or [])) if k in df]
+    return df.sort_values(keys, kind="stable", na_position="last").drop(columns="_rank").reset_index(drop=True)

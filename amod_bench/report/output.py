@@ -1,0 +1,88 @@
+"""Atomic, deterministic file output for the report: CSV + markdown tables, PNG + PDF figures.
+
+Every file is written to a temporary name in its final folder and renamed into
+place (os.replace is atomic on POSIX), so an interrupted report leaves either
+the previous file or the new one, never half a table. Nothing written here
+carries a timestamp: PDFs are saved without CreationDate, PNGs without the
+Software tag, and CSVs/markdown are pure functions of the frames.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def format_value(value, spec: str = ".4g") -> str:
+    """Markdown cell text: +inf is "not reached", NaN/None is "-", floats use `spec`."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if math.isinf(value):
+            return "not reached" if value > 0 else "-inf"
+        return format(value, spec)
+    text = str(value)
+    return "-" if text in ("", "nan", "None") else text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(df: pd.DataFrame, formats: dict[str, str] | None = None, default: str = ".4g") -> str:
+    """A GitHub-flavoured markdown table of `df` (no index); `formats` maps column -> format spec."""
+    formats = formats or {}
+    if df.empty:
+        return "_(no rows)_\n"
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = []
+    for row in df.itertuples(index=False):
+        body.append("| " + " | ".join(format_value(v if not hasattr(v, "item") else v.item(), formats.get(c, default))
+                                        for c, v in zip(df.columns, row)) + " |")
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def write_table(df: pd.DataFrame, folder: Path, name: str, *, formats: dict[str, str] | None = None,
+                md_columns: list[str] | None = None) -> tuple[Path, Path, str]:
+    """`<name>.csv` (all columns, full precision) and `<name>.md` (`md_columns`, formatted); returns both and the markdown."""
+    folder = Path(folder)
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, lineterminator="\n")
+    csv_path = atomic_write_text(folder / f"{name}.csv", buf.getvalue())
+    md = markdown_table(df[md_columns] if md_columns else df, formats)
+    md_path = atomic_write_text(folder / f"{name}.md", md)
+    return csv_path, md_path, md
+
+
+def save_figure(fig, folder: Path, name: str, dpi: int = 120) -> list[Path]:
+    """`<name>.png` and `<name>.pdf`, each written atomically and without timestamps."""
+    paths = []
+    for fmt, metadata in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=dpi, metadata=metadata)  # figures lay themselves out: no tight bbox
+        paths.append(atomic_write_bytes(Path(folder) / f"{name}.{fmt}", buf.getvalue()))
+    return paths
