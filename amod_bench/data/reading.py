@@ -56,6 +56,13 @@ class SkipCounter:
         return n
 
 
+def _describe(exn: Exception) -> str:
+    """webdataset appends the stream and URL to exception args; keep the first, readable part."""
+    if isinstance(exn, OSError) and exn.strerror:
+        return f"{type(exn).__name__}: {exn.strerror}"
+    return f"{type(exn).__name__}: {exn.args[0] if exn.args else exn}"
+
+
 def _raise_or_skip(error: DatasetError, on_error: str, counter: SkipCounter | None, n: int) -> None:
     if on_error == "raise" or counter is None:
         raise error
@@ -99,8 +106,7 @@ def read_shards(shards: Iterable[dict], *, counts: dict[str, int], exact: bool, 
         except Exception as exn:  # unreadable tar, missing file, HTTP error, truncated member
             where = f"after sample {last_key!r}" if last_key else "before its first sample"
             error = DatasetError(f"shard {url}: cannot read it {where} ({n} samples read"
-                                 f"{f' of {expected}' if expected is not None else ''}): "
-                                 f"{type(exn).__name__}: {exn.args[0] if exn.args else exn}",
+                                 f"{f' of {expected}' if expected is not None else ''}): {_describe(exn)}",
                                  shard=url, key=last_key)
         if error is None and exact and expected is not None and n != expected:
             error = DatasetError(f"shard {url}: {n} samples, but the manifest says {expected} "

