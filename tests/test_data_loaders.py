@@ -2,6 +2,7 @@
 pipe: shard URLs. Data: sklearn digits written to shards in a temp folder (no network)."""
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from collections import Counter
 import pytest
 import torch
 
-from amod_bench.data import DatasetError, eval_loader, open_dataset, train_loader
+from amod_bench.data import DatasetError, eval_loader, missing_dataset_message, open_dataset, train_loader
 from amod_bench.data.sources import make_source
 from amod_bench.data.writer import write_shards
 
@@ -153,7 +154,7 @@ def _eval_all(ds, num_workers=0):
 
 
 @pytest.mark.timeout(120)
-def test_streaming_over_http_matches_local_files(digits, http_server):
+def test_streaming_over_http_matches_local_files(digits, http_server, tmp_path):
     remote = open_dataset(http_server + "/manifest.json")  # manifest fetched over HTTP too
     assert remote.shard_urls("val")[0].startswith("http://127.0.0.1:")
     local_keys, local_images, local_labels = _eval_all(digits)
@@ -162,6 +163,16 @@ def test_streaming_over_http_matches_local_files(digits, http_server):
     local_order = sorted(range(len(local_keys)), key=local_keys.__getitem__)
     assert sorted(keys) == sorted(local_keys)
     assert torch.equal(images[order], local_images[local_order]) and torch.equal(labels[order], local_labels[local_order])
+    # a hand-written manifest elsewhere: base_url on the server, brace patterns for the shards
+    manifest = {k: v for k, v in digits.manifest.items() if k not in ("splits", "build")}
+    manifest["base_url"] = http_server
+    manifest["splits"] = {"val": {"shards": [{"url": "digits-val-{000000..000003}.tar", "samples": 80},
+                                             {"url": "digits-val-000004.tar", "samples": 39}]}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert missing_dataset_message(str(tmp_path)) is None
+    hand_written = open_dataset(str(tmp_path))
+    assert hand_written.shard_urls("val") == remote.shard_urls("val") and hand_written.num_samples("val") == 359
+    assert _eval_all(hand_written)[0] == local_keys
     # training: same seed, same stream, whether the bytes come from disk or HTTP
     via_base_url = open_dataset(digits.root, base_url=http_server)
     assert via_base_url.shard_urls("train")[0].startswith("http://")

@@ -58,6 +58,9 @@ def test_round_trip_is_exact(tmp_path):
                 assert np.array_equal(np.asarray(sample["png"]), images[index])  # lossless, grey
                 assert sample["cls"] == labels[index]
     assert sorted(seen) == list(range(1797))
+    listing = subprocess.run(["tar", "-tf", str(tmp_path / "digits-val-000000.tar")], capture_output=True,
+                             text=True, check=True).stdout.split()  # stock tar reads it too
+    assert len(listing) == 2 * manifest["splits"]["val"]["shards"][0]["samples"] and listing[0].endswith(".cls")
     # stratified: every class in every split, in proportion
     for split in ("train", "val", "heldout"):
         counts = np.bincount([labels[i] for i, s in seen.items() if s == split], minlength=10)

@@ -6,7 +6,8 @@ preparation step. On first use the set is written as shards into the cache folde
 
   splits      train / val / heldout, stratified, seed 0: val = 20 % of all samples,
               heldout = 10 % of the rest (for lr selection), train = the remainder
-              digits: 1,293 / 360 / 144      mnist5k: 3,600 / 1,000 / 400
+              digits: 1,295 / 359 / 143      mnist5k: 3,600 / 1,000 / 400
+              (per-class rounding: each class gives round(fraction x its size))
   shards      8 near-equal shards per split, so 2 ranks x 2 loader workers each read whole
               shards in evaluation, and training draws from 8 shards per worker
   images      lossless PNG, grey (the loaders convert to 3 channels)
@@ -61,7 +62,7 @@ def _complete(folder: Path) -> bool:
     except DatasetError:
         return False
     return bool(manifest.get("complete")) and all(
-        os.path.isfile(join_url(str(folder), shard["url"]))
+        os.path.isfile(join_url(str(folder), shard["url"]))  # written by us: no brace patterns
         for split in manifest.get("splits", {}).values() for shard in split.get("shards", []))
 
 

@@ -12,8 +12,8 @@ A dataset is a folder of WebDataset tar shards plus `manifest.json`:
       "base_url": null,                 # optional: shards are fetched from here (http(s)://, pipe:)
       "complete": true,                 # false while `bench.py shards` is still writing
       "splits": {
-        "train": {"num_samples": 1293,
-                  "shards": [{"url": "digits-train-000000.tar", "samples": 162, "bytes": 92160}, ...]},
+        "train": {"num_samples": 1295,
+                  "shards": [{"url": "digits-train-000000.tar", "samples": 162, "bytes": 337920}, ...]},
         "val": {...}, "heldout": {...}
       },
       "defaults": {"augment": {"hflip": false, ...}, "crop_pct": 1.0},   # loader defaults
@@ -21,7 +21,12 @@ A dataset is a folder of WebDataset tar shards plus `manifest.json`:
     }
 
 Shard `url`s are relative to `base_url` when set, otherwise to the manifest's folder; an
-absolute path, an `http(s)://` URL or a `pipe:` command is used as it is.
+absolute path, an `http(s)://` URL or a `pipe:` command is used as it is. A `url` may be a
+brace pattern; its `samples` then counts each expanded shard, so a hand-written manifest for
+ImageNet served over HTTP is exact in two entries per split:
+
+    "train": {"shards": [{"url": "imagenet-train-{000000..001280}.tar", "samples": 1000},
+                         {"url": "imagenet-train-001281.tar", "samples": 167}]}
 
 A folder without a manifest whose files follow ImageNet's naming
 (`imagenet-train-{000000..001281}.tar`, `imagenet-val-{000000..000049}.tar`, or any
@@ -67,6 +72,15 @@ def join_url(base: str, name: str) -> str:
     if base.endswith(("/", " ")):  # "pipe:cat /data/" or "pipe:curl -s " style bases
         return base + name
     return base + "/" + name if is_remote(base) else os.path.join(base, name)
+
+
+def expand_braces(url: str) -> list[str]:
+    """`x-{000000..000009}.tar` -> 10 names (webdataset's brace notation); other URLs unchanged."""
+    if "{" not in url:
+        return [url]
+    import braceexpand  # a webdataset dependency, pure Python
+
+    return list(braceexpand.braceexpand(url))
 
 
 def write_manifest(folder: str, manifest: dict) -> None:
@@ -148,8 +162,9 @@ class Dataset:
         return self.manifest["splits"][split]
 
     def shards(self, split: str) -> list[tuple[str, int]]:
-        """[(url, samples)] in manifest order."""
-        return [(join_url(self.base, s["url"]), int(s["samples"])) for s in self._split(split)["shards"]]
+        """[(url, samples)] in manifest order, brace patterns expanded."""
+        return [(join_url(self.base, url), int(s["samples"]))
+                for s in self._split(split)["shards"] for url in expand_braces(s["url"])]
 
     def shard_urls(self, split: str) -> list[str]:
         return [url for url, _ in self.shards(split)]
@@ -320,8 +335,7 @@ def missing_dataset_message(spec: str, *, cache_dir: str | None = None) -> str |
     base = manifest.get("base_url") or folder
     if not is_remote(base):
         for entry in manifest["splits"].values():
-            for shard in entry["shards"]:
-                url = join_url(base, shard["url"])
+            for url in (join_url(base, u) for shard in entry["shards"] for u in expand_braces(shard["url"])):
                 if not is_remote(url) and not os.path.isfile(url):
                     return f"dataset {folder} is missing shard {url}; rewrite the missing shards with:\n  {command}"
     return None
