@@ -7,7 +7,6 @@ import shutil
 import tarfile
 
 import pytest
-import torch
 import webdataset as wds
 
 from amod_bench.data import DatasetError, eval_loader, open_dataset, train_loader
@@ -177,4 +176,3 @@ def test_loader_errors_keep_their_type_from_worker_processes(ds_copy):
     _rewrite(shard(0), lambda i, s: {**s, "cls": b"99"} if i == 3 else s)
     with pytest.raises(DatasetError, match="label 99 outside"):
         _eval(folder, num_workers=2)
-    assert torch.get_num_threads() >= 1

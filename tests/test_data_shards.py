@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import textwrap
 
 import numpy as np
 import pytest

@@ -1,7 +1,7 @@
 """Train and eval transforms (torchvision.transforms.v2) from an `augment` dictionary.
 
 `augment` keys (train only), merged as: AUGMENT_DEFAULTS <- the manifest's `defaults.augment`
-<- the caller's dict. Unknown keys are rejected.
+<- the caller's dict. Unknown keys are rejected; a null value keeps the default.
 
   scale            [lo, hi]  RandomResizedCrop area fraction               default [0.08, 1.0]
   ratio            [lo, hi]  RandomResizedCrop aspect ratio                 default [0.75, 1.3333]
@@ -46,7 +46,7 @@ def resolve_augment(*layers: dict | None) -> dict:
         unknown = sorted(set(layer or {}) - set(AUGMENT_DEFAULTS))
         if unknown:
             raise ValueError(f"unknown augment keys {unknown}; valid keys: {sorted(AUGMENT_DEFAULTS)}")
-        merged.update(layer or {})
+        merged.update({k: v for k, v in (layer or {}).items() if v is not None})  # YAML null: default
     if merged["interpolation"] not in _INTERPOLATION:
         raise ValueError(f"augment interpolation {merged['interpolation']!r}; choose from {sorted(_INTERPOLATION)}")
     return merged
