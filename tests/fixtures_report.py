@@ -38,7 +38,7 @@ class Cell:
     capacity: float | None
     seed: int
     knots: list[tuple[float, float]]  # (epoch, val_top1) knots of a piecewise-linear curve
-    status: str = "done"  # done | failed | diverged | running | None (no summary.json)
+    status: str | None = "done"  # done | failed | diverged | running | None (no summary.json)
     epochs: int = 10
     model: str = "vit_tiny"
     dataset: str = "digits"
@@ -74,11 +74,11 @@ def metrics_of(c: Cell) -> list[dict]:
     for e in range(1, c.epochs + 1):
         top1 = curve_at(c.knots, e) + (rng.normal(0, c.noise) if c.noise else 0.0)
         if c.status == "diverged" and e > c.epochs // 2:
-            top1 = float("nan")
+            top1 = None  # the results writer stores non-finite numbers as null
         rows.append({
             "step": c.steps_per_epoch * e, "epoch": float(e), "samples": 64 * c.steps_per_epoch * e,
             "train_macs": macs_per_epoch * e, "train_seconds": c.seconds_per_epoch * e, "lr": 1e-4,
-            "train_loss": 2.0 / e, "val_top1": top1, "val_top5": min(100.0, top1 + 15.0) if top1 == top1 else top1,
+            "train_loss": 2.0 / e, "val_top1": top1, "val_top5": None if top1 is None else min(100.0, top1 + 15.0),
             "val_loss": 1.0 / e, "skipped": 0,
         })
     return rows
@@ -102,7 +102,7 @@ def config_of(c: Cell, suite: str) -> dict:
 
 def summary_of(c: Cell, metrics: list[dict]) -> dict:
     tops = [m["val_top1"] for m in metrics]
-    finite = [(t, i) for i, t in enumerate(tops) if t == t]
+    finite = [(t, i) for i, t in enumerate(tops) if t is not None]
     best, bi = max(finite, key=lambda p: (p[0], -p[1])) if finite else (None, None)
     return {
         "status": c.status, "best_top1": best, "best_top5": metrics[bi]["val_top5"] if finite else None,
@@ -130,7 +130,7 @@ def write_cell(suite_dir: Path, c: Cell, suite: str) -> Path:
     _dump(cell_dir / "config.json", config_of(c, suite))
     lines = "".join(json.dumps(m) + "\n" for m in metrics)
     (cell_dir / "metrics.jsonl").write_text(lines + c.metrics_tail)
-    if c.status is not None and c.status != "running":
+    if c.status is not None:  # None: killed before its first summary
         _dump(cell_dir / "summary.json", summary_of(c, metrics))
     return cell_dir
 
@@ -143,7 +143,7 @@ def write_suite(root: Path, name: str, cells: list[Cell]) -> Path:
     for c in cells:
         write_cell(suite_dir, c, name)
     _dump(suite_dir / "index.json", {"suite": name, "cells": [
-        {"id": c.id, "stage": c.stage, "status": c.status or "running"} for c in cells]})
+        {"id": c.id, "stage": c.stage, "status": c.status or "pending"} for c in cells]})
     return suite_dir
 
 

@@ -178,8 +178,8 @@ def build_report(folders, out: Path | str | None = None, options: ReportOptions 
     options = options or ReportOptions()
     results = load_results(folders)
     out = Path(out) if out is not None else default_out(results.sources)
-    tables_dir, figures_dir = out / "tables", out / "figures"
     report = Report(out=out, results=results)
+    tables_dir = out / "tables"
     cells, router_axes, recipe_axes = add_variant_columns(results.cells, results.config_keys)
     ok = cells[cells["ok"]]
     index = _Index()
@@ -302,14 +302,13 @@ def _figures(report, index, cells, results, acc_best, targets, speed, medians, o
 
     figures_dir = report.out / "figures"
 
-    def save(name: str, fig, title: str, caption: str) -> None:
-        report.figures[name] = save_figure(getattr(fig, "figure", fig), figures_dir, name)
-        figures.close(fig)
-        index.figure(title, caption, name)
-
     def skip(message: str) -> None:
         report.messages.append(message)
         log(message)
+
+    def add(name: str, kind: str, kwargs: dict, title: str, caption: str) -> None:
+        report.figures[name] = figures.render(name, kind, kwargs, figures_dir)
+        index.figure(title, caption, name)
 
     ok = cells[cells["ok"]]
     index.add("## Figures", "")
@@ -320,31 +319,30 @@ def _figures(report, index, cells, results, acc_best, targets, speed, medians, o
     else:
         for x, what in (("epoch", "epochs"), ("gmacs", "cumulative training GMACs"),
                         ("seconds", "wall-clock training seconds")):
-            save(f"convergence_{x}", figures.convergence_figure(data, targets, x, options.level),
-                 f"Convergence vs {what}",
-                 f"val top-1 vs {what}, rows = workload, columns = capacity (dense repeated in each); mean over "
-                 f"seeds with {options.level:.0%} t band, seeds aligned on epoch (x = mean over seeds at each eval); "
-                 f"dotted line = common target; {n}; {MACS_NOTE}")
+            add(f"convergence_{x}", "convergence", dict(data=data, targets=targets, x=x, level=options.level),
+                f"Convergence vs {what}",
+                f"val top-1 vs {what}, rows = workload, columns = capacity (dense repeated in each); mean over "
+                f"seeds with {options.level:.0%} t band, seeds aligned on epoch (x = mean over seeds at each eval); "
+                f"dotted line = common target; {n}; {MACS_NOTE}")
     if acc_best.dropna(subset=["gmacs", "top1_mean"]).empty:
         skip("isoFLOP accuracy: no finished cell with gmacs; skipped")
     else:
-        save("isoflop_accuracy", figures.isoflop_figure(acc_best, options.level), "isoFLOP accuracy",
-             f"best-epoch top-1 vs inference GMACs per image (config gmacs; {MACS_NOTE}); color = router, "
-             f"marker = capacity; error bars = {options.level:.0%} t CI over seeds; dashed = Pareto frontier; "
-             f"{_n_text(acc_best['n'])}")
-    grid = figures.speedup_figure(speed, options.level) if len(speed) else None
-    if grid is None:
+        add("isoflop_accuracy", "isoflop", dict(table=acc_best, level=options.level), "isoFLOP accuracy",
+            f"best-epoch top-1 vs inference GMACs per image (config gmacs; {MACS_NOTE}); color = router, "
+            f"marker = capacity; error bars = {options.level:.0%} t CI over seeds; dashed = Pareto frontier; "
+            f"{_n_text(acc_best['n'])}")
+    if not (len(speed) and (np.isfinite(speed["speedup"]) & (speed["speedup"] > 0)).any()):
         skip("speedup bars: no finite speedup; skipped")
     else:
-        save("speedup", grid, "Time-to-target speedup",
-             f"{boot}; rows = unit, columns = target rule ({peak_rule}; common rule: per-workload target); "
-             f"{crossing}; bars left out where one side never reached the target (see the speedup tables)")
+        add("speedup", "speedup", dict(table=speed, level=options.level), "Time-to-target speedup",
+            f"{boot}; rows = unit, columns = target rule ({peak_rule}; common rule: per-workload target); "
+            f"{crossing}; bars left out where one side never reached the target (see the speedup tables)")
     profile_fine = convergence.performance_profile(medians, taus=np.round(np.linspace(1.0, 4.0, 121), 6))
-    grid = figures.profile_figure(profile_fine)
-    if grid is None:
+    if profile_fine.empty:
         skip("performance profile: no time-to-target; skipped")
     else:
-        save("performance_profile", grid, "Performance profile", f"{profile_def}; {peak_rule}; {crossing}")
+        add("performance_profile", "profile", dict(profile=profile_fine), "Performance profile",
+            f"{profile_def}; {peak_rule}; {crossing}")
 
     if not options.routing_maps:
         skip("routing maps: disabled (--no-routing-maps)")
@@ -355,4 +353,6 @@ def _figures(report, index, cells, results, acc_best, targets, speed, medians, o
     for message in messages:
         skip(message)
     for name, fig, caption in maps:
-        save(name, fig, f"Routing map: {name[len('routing_maps_'):]}", caption)
+        report.figures[name] = save_figure(fig, figures_dir, name)
+        figures.close(fig)
+        index.figure(f"Routing map: {name[len('routing_maps_'):]}", caption, name)

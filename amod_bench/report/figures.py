@@ -39,8 +39,8 @@ ROUTER_COLORS = {
 _SPARE_COLORS = ("#cc78bc", "#de8f05", "#fbafe4", "#ece133")
 X_UNITS = {  # convergence x axis -> (column, axis label)
     "epoch": ("epoch", "epochs"),
-    "gmacs": ("train_gmacs", "cumulative training GMACs (MACs / 1e9, all ranks)"),
-    "seconds": ("train_seconds", "wall-clock training seconds (evals excluded)"),
+    "gmacs": ("train_gmacs", "training GMACs (cumulative)"),
+    "seconds": ("train_seconds", "training seconds (wall-clock)"),
 }
 UNIT_LABELS = {"epoch": "epochs", "step": "optimizer steps", "train_macs": "training MACs",
                "train_seconds": "wall-clock seconds"}
@@ -138,11 +138,28 @@ def _bands(grid, curves: pd.DataFrame, x: str) -> None:
                                                       color=router_color(router), gid="band")
 
 
+def _legend_right(grid) -> None:
+    """Move the grid's legend to the right of the facets, widening the figure just enough.
+
+    seaborn's own `legend_out` draws the whole figure twice to measure the
+    legend; measuring the legend alone costs a fraction of that.
+    """
+    if grid.legend is None:
+        return
+    sns.move_legend(grid, "center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig = grid.figure
+    width, height = fig.get_size_inches()
+    legend_width = grid.legend.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi + 0.1
+    fig.set_size_inches(width + legend_width, height)
+    fig.subplots_adjust(right=fig.subplotpars.right * width / (width + legend_width))
+    grid.legend.set_bbox_to_anchor((width / (width + legend_width), 0.5), transform=fig.transFigure)
+
+
 def _suptitle(fig, text: str) -> None:
     """A title above the facets, inside the figure (so no tight bbox is needed when saving)."""
     height = fig.get_figheight()
     fig.subplots_adjust(top=1 - 0.55 / height)
-    fig.suptitle(text, y=1 - 0.1 / height, va="top")
+    fig.suptitle(text, x=(fig.subplotpars.left + fig.subplotpars.right) / 2, y=1 - 0.1 / height, va="top")
 
 
 def convergence_figure(data: pd.DataFrame, targets: pd.DataFrame, x: str = "epoch", level: float = 0.95):
@@ -161,8 +178,10 @@ def convergence_figure(data: pd.DataFrame, targets: pd.DataFrame, x: str = "epoc
         style="style" if len(styles) > 1 else None, style_order=styles if len(styles) > 1 else None,
         row="panel", row_order=sorted(curves["panel"].unique()),
         col="cap", col_order=[_cap_label(c) for c in sorted(curves["capacity"].unique())],
-        kind="line", errorbar=None, height=2.8, aspect=1.35, facet_kws={"sharex": False, "sharey": "row"},
+        kind="line", errorbar=None, height=2.8, aspect=1.35,
+        facet_kws={"sharex": False, "sharey": "row", "legend_out": False},
     )
+    _legend_right(grid)
     _bands(grid, curves, column)
     grid.set_titles(row_template="{row_name}", col_template="C = {col_name}")
     grid.set_axis_labels(xlabel, "val top-1 (%)")
@@ -171,7 +190,7 @@ def convergence_figure(data: pd.DataFrame, targets: pd.DataFrame, x: str = "epoc
         target = panel_target.get(panel, np.nan)
         if np.isfinite(target):
             ax.axhline(target, color="black", linestyle=":", linewidth=1.0, label="common target", gid="target")
-    _suptitle(grid.figure, f"val top-1 vs {xlabel}: mean over seeds, {level:.0%} t band; dotted = common target")
+    _suptitle(grid.figure, f"val top-1 vs {xlabel}; mean over seeds, {level:.0%} t band")
     return grid
 
 
@@ -220,9 +239,8 @@ def isoflop_figure(table: pd.DataFrame, level: float = 0.95):
         legend.remove()
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1 - 2.1 / width, 0.5), fontsize="small",
                    frameon=False)
-    fig.suptitle(f"isoFLOP accuracy: best-epoch top-1 vs inference GMACs (MACs, reported as FLOPs); "
-                 f"{level:.0%} t error bars over seeds; dashed = Pareto frontier", y=1 - 0.1 / 3.8, va="top",
-                 fontsize="medium")
+    fig.suptitle("isoFLOP accuracy: best-epoch top-1 vs inference GMACs per image", y=1 - 0.1 / 3.8, va="top",
+                 x=(1 - 2.2 / width) / 2)
     return fig
 
 
@@ -238,8 +256,8 @@ def speedup_figure(table: pd.DataFrame, level: float = 0.95):
         return None
     data["_b"] = data["baseline"].map(lambda r: router_rank(r))
     data = data.sort_values(["workload", "recipe", "capacity", "_b", "baseline_label"], kind="stable")
-    data["where"] = (panel_labels(data) + "\nC=" + data["capacity"].map(_cap_label) + " vs "
-                     + data["baseline_label"])
+    data["where"] = (panel_labels(data).str.replace(" / ", "/") + "\nC=" + data["capacity"].map(_cap_label)
+                     + "\nvs " + data["baseline_label"])
     order = list(dict.fromkeys(data["where"]))
     labels = label_order(data)
     palette = label_palette(data)
@@ -247,7 +265,9 @@ def speedup_figure(table: pd.DataFrame, level: float = 0.95):
     rules = [r for r in ("peak", "common") if r in set(data["rule"])]
     grid = sns.catplot(data=data, x="where", y="speedup", hue="router_label", hue_order=labels, palette=palette,
                        order=order, row="unit", row_order=units, col="rule", col_order=rules, kind="bar",
-                       errorbar=None, height=2.8, aspect=max(1.6, 0.055 * len(order) * len(labels)), sharey=False)
+                       errorbar=None, height=2.8, aspect=max(1.6, 0.055 * len(order) * len(labels)), sharey=False,
+                       legend_out=False, saturation=1)  # full saturation: bar colors = palette (matched below)
+    _legend_right(grid)
     color_to_label = {mcolors.to_hex(c): name for name, c in palette.items()}
     for (unit, rule), ax in grid.axes_dict.items():
         ax.axhline(1.0, color="black", linewidth=0.8, gid="parity")
@@ -269,8 +289,7 @@ def speedup_figure(table: pd.DataFrame, level: float = 0.95):
         ax.set_title(f"{UNIT_LABELS[unit]} | {rule} target")
         ax.tick_params(axis="x", labelsize="x-small")
     grid.set_ylabels("speedup (x)")
-    _suptitle(grid.figure, f"time-to-target speedup = median baseline / median router (> 1: router faster), "
-                           f"{level:.0%} bootstrap CI")
+    _suptitle(grid.figure, f"time-to-target speedup (> 1: router faster), {level:.0%} bootstrap CI")
     return grid
 
 
@@ -285,13 +304,13 @@ def profile_figure(profile: pd.DataFrame):
                        palette=label_palette(data), style="target",
                        style_order=[f"{r} target" for r in ("common", "peak") if r in set(data["rule"])],
                        col="unit", col_order=units, kind="line", errorbar=None, drawstyle="steps-post",
-                       height=2.8, aspect=1.1)
+                       height=2.8, aspect=1.1, facet_kws={"legend_out": False})
+    _legend_right(grid)
     grid.set_titles(col_template="{col_name}")
     grid.set_axis_labels("tau (time / fastest router's time)", "fraction of workloads")
     for ax in grid.axes.flat:
         ax.set_ylim(-0.03, 1.03)
-    _suptitle(grid.figure, "performance profiles: fraction of (workload, capacity) where a router is within "
-                           "tau of the fastest")
+    _suptitle(grid.figure, "performance profiles")
     return grid
 
 
@@ -299,5 +318,25 @@ def close(fig) -> None:
     plt.close(getattr(fig, "figure", fig))
 
 
+KINDS = {"convergence": convergence_figure, "isoflop": isoflop_figure, "speedup": speedup_figure,
+         "profile": profile_figure}
+
+
+def render(name: str, kind: str, kwargs: dict, folder) -> list:
+    """Draw one figure (`KINDS[kind](**kwargs)`), save it as PNG + PDF under `folder`, close it.
+
+    Returns the paths ([] if the figure had nothing to draw).
+    """
+    from .output import save_figure
+
+    fig = KINDS[kind](**kwargs)
+    if fig is None:
+        return []
+    try:
+        return save_figure(getattr(fig, "figure", fig), folder, name)
+    finally:
+        close(fig)
+
+
 __all__ = ["ROUTER_COLORS", "ROUTER_ORDER", "convergence_data", "convergence_figure", "isoflop_figure",
-           "speedup_figure", "profile_figure", "pareto_front", "router_color", "label_palette", "close"]
+           "speedup_figure", "profile_figure", "pareto_front", "router_color", "label_palette", "close", "render"]

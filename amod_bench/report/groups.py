@@ -4,10 +4,10 @@
   set per workload; speedups and performance profiles compare routers at one
   capacity of one workload with the same training recipe.
 * A *variant* is a workload plus router, capacity and every other config key
-  that varies across the loaded cells (an lr sweep, cls_policy, ...), except
-  keys that only name or seed a cell (id, seed, init_from, *_dir, *_path,
-  derived FLOP figures, and keys that are mere aliases of the seed). Cells of
-  one variant differ only by seed; means, medians and CIs are over them.
+  on which two cells with the same workload, router, capacity and seed
+  differ (an lr sweep, cls_policy, ...), except keys that only name or place
+  a cell (id, suite, output, storage, *_dir, *_path, derived FLOP figures).
+  Cells of one variant differ only by seed; means, medians and CIs are over them.
 * The varying keys split into *router axes* (routed_layers, cls_policy,
   router_options: part of the router's label) and *recipe axes* (lr, epochs,
   ...: a router is only compared against baselines with the same recipe).
@@ -27,7 +27,7 @@ ROUTER_AXES = ("routed_layers", "cls_policy", "router_options")
 NOT_AXES = {
     "cell", "suite", "id", "seed", "init_from", "resources", "targets", "target_within_peak_pct",
     "target_top1", "params", "gmacs", "train_macs_per_sample", "flop_ratio_dense", "num_classes",
-    "git_commit", "name", *WORKLOAD_KEYS, "router", "capacity",
+    "git_commit", "name", "output", "storage", "init_weights", *WORKLOAD_KEYS, "router", "capacity",
 }
 
 
@@ -36,30 +36,23 @@ def router_rank(router: str) -> tuple[int, str]:
     return (ROUTER_ORDER.index(router), "") if router in ROUTER_ORDER else (len(ROUTER_ORDER), str(router))
 
 
-def _is_seed_alias(cells: pd.DataFrame, key: str) -> bool:
-    """True when `key` and `seed` determine each other (e.g. a data_seed = seed field)."""
-    if "seed" not in cells or cells["seed"].nunique(dropna=False) < 2:
-        return False
-    sub = cells[[key, "seed"]].map(str)
-    return bool((sub.groupby(key)["seed"].nunique() <= 1).all() and (sub.groupby("seed")[key].nunique() <= 1).all())
-
-
 def variant_axes(cells: pd.DataFrame, config_keys: list[str]) -> list[str]:
-    """Config keys, beyond the base keys, that vary between cells of one (workload, router, capacity).
+    """Config keys, beyond the base keys, on which two cells of one (workload, router, capacity, seed) differ.
 
-    A key that differs only *between* routers (routed_layers null for dense, a
-    per-method tuned lr) is a property of the router, not an axis.
+    A key that differs only between routers (routed_layers null for dense, a
+    per-method tuned lr) is a property of the router, and a key that differs
+    only between seeds (init_from, init_weights, a data seed) is part of the
+    seed; neither is an axis.
     """
     has_config = cells[~cells["flag"].isin(["missing", "no_config"])]
     if has_config.empty:
         return []
-    base = [has_config[k].map(str) for k in (*WORKLOAD_KEYS, "router", "capacity")]
+    base = [has_config[k].map(str) for k in (*WORKLOAD_KEYS, "router", "capacity", "seed")]
     axes = []
     for key in sorted(config_keys):
         if key in NOT_AXES or key.endswith(("_dir", "_path", "_id")) or key not in has_config:
             continue
-        values = has_config[key].map(str)
-        if (values.groupby(base).nunique() > 1).any() and not _is_seed_alias(has_config, key):
+        if (has_config[key].map(str).groupby(base).nunique() > 1).any():
             axes.append(key)
     return axes
 

@@ -78,7 +78,7 @@ def write_table(df: pd.DataFrame, folder: Path, name: str, *, formats: dict[str,
     return csv_path, md_path, md
 
 
-def save_figure(fig, folder: Path, name: str, dpi: int = 120) -> list[Path]:
+def save_figure(fig, folder: Path, name: str, dpi: int = 100) -> list[Path]:
     """`<name>.png` and `<name>.pdf`, each written atomically and without timestamps."""
     paths = []
     for fmt, metadata in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):

@@ -49,16 +49,21 @@ def checkpoint_file(row: pd.Series) -> Path | None:
 
 def select_cells(cells: pd.DataFrame, routers=MAP_ROUTERS) -> tuple[pd.DataFrame, list[str]]:
     """The cells to map (lowest seed per variant, routers in `routers`) and messages for the skipped ones."""
-    messages = []
     pool = cells[cells["ok"] & cells["router"].isin(routers)]
-    chosen = []
+    chosen, without = [], []
     for variant, group in pool.groupby("variant", sort=True):
         group = group.sort_values(["seed", "cell"], kind="stable")
         with_ckpt = [row for _, row in group.iterrows() if checkpoint_file(row) is not None]
         if with_ckpt:
             chosen.append(with_ckpt[0])
         else:
-            messages.append(f"routing maps: no checkpoint kept for any seed of {variant}; skipped")
+            without.append(variant)
+    messages = []
+    if without and not chosen:
+        messages.append(f"routing maps: no {'/'.join(routers)} cell kept a checkpoint (summary.json checkpoint "
+                        "null or its model.safetensors missing); skipped")
+    elif without:
+        messages += [f"routing maps: no checkpoint kept for any seed of {v}; skipped" for v in without]
     frame = pd.DataFrame(chosen).reset_index(drop=True) if chosen else pool.iloc[0:0]
     return frame, messages
 
@@ -66,11 +71,9 @@ def select_cells(cells: pd.DataFrame, routers=MAP_ROUTERS) -> tuple[pd.DataFrame
 def _default_build(config: dict, weights: Path):
     from amod_bench.models import build_model  # lazy: torch and timm only when maps are drawn
 
-    options = config.get("router_options") or {}
-    return build_model(
-        config["model"], router=config["router"], capacity=config.get("capacity"),
-        routed_layers=config.get("routed_layers"), cls_policy=config.get("cls_policy"),
-        num_classes=config["num_classes"], img_size=config.get("img_size"), pretrained=str(weights), **options)
+    arch = {k: config.get(k) for k in ("capacity", "routed_layers", "cls_policy", "num_classes", "img_size")}
+    return build_model(config["model"], router=config["router"], pretrained=str(weights),
+                       **{k: v for k, v in arch.items() if v is not None}, **(config.get("router_options") or {}))
 
 
 def _default_images(config: dict, model, n_images: int):
@@ -82,11 +85,13 @@ def _default_images(config: dict, model, n_images: int):
         import timm.data
 
         cfg = timm.data.resolve_model_data_config(model)
+    mean, std = config.get("mean") or cfg["mean"], config.get("std") or cfg["std"]  # the cell's own, if recorded
     img_size = config.get("img_size") or cfg["input_size"][-1]
-    loader = eval_loader(open_dataset(config["dataset"]), "val", batch_size=n_images, img_size=img_size,
-                         mean=cfg["mean"], std=cfg["std"], rank=0, world_size=1, num_workers=0)
+    ds = open_dataset(config.get("dataset_path") or config["dataset"])
+    loader = eval_loader(ds, "val", batch_size=n_images, img_size=img_size, mean=mean, std=std, rank=0,
+                         world_size=1, num_workers=0)
     images, _labels, _skipped = next(iter(loader))
-    return images[:n_images], cfg["mean"], cfg["std"]
+    return images[:n_images], mean, std
 
 
 def load_sample(row: pd.Series, n_images: int = 4, *, build=_default_build, images_fn=_default_images) -> RoutingSample:

@@ -1,0 +1,196 @@
+"""Time-to-target, speedups and performance profiles against analytically known answers.
+
+known_suite (tests/fixtures_report.py): noiseless piecewise-linear curves, evals at
+epochs 1..10, step = 100 e, train_macs = 3 x gmacs x 1e9 x 6400 e, seconds =
+spe x e (amod spe 5, the others 10):
+
+    dense   20 -> 80 at epoch 6 (slope 10)      isoflop 20 -> 80 at 5 (slope 12)
+    mod     20 -> 80 at 4 (slope 15)            amod    20 -> 80 at 3 (slope 20)
+    random  20 -> 70 at 10 (slope 5): never reaches the common target 80
+"""
+import math
+
+import numpy as np
+import pytest
+
+from amod_bench.report import convergence
+from amod_bench.report.groups import add_variant_columns
+from amod_bench.report.load import load_results
+from fixtures_report import AMOD_KNOTS, DENSE_KNOTS, Cell, gmacs_of, known_suite, write_suite
+
+SLOPE = {"dense": 10.0, "isoflop": 12.0, "mod": 15.0, "amod": 20.0, "random": 5.0}
+PEAK = {"dense": 80.0, "isoflop": 80.0, "mod": 80.0, "amod": 80.0, "random": 70.0}
+SECONDS_PER_EPOCH = {"amod": 5.0}
+
+
+def expected_epoch(router: str, target: float) -> float:
+    if target > PEAK[router]:
+        return math.inf
+    return (target - 20.0) / SLOPE[router]
+
+
+def expected_units(router: str, capacity, epoch: float) -> dict:
+    return {"epoch": epoch, "step": 100 * epoch, "train_macs": 3 * gmacs_of(router, capacity) * 1e9 * 6400 * epoch,
+            "train_seconds": SECONDS_PER_EPOCH.get(router, 10.0) * epoch}
+
+
+def _ttt(root, **kw):
+    res = load_results(root)
+    cells, _, _ = add_variant_columns(res.cells, res.config_keys)
+    return cells, res, convergence.times_to_target(cells, res.evals, **kw)
+
+
+@pytest.fixture(scope="module")
+def known(tmp_path_factory):
+    return known_suite(tmp_path_factory.mktemp("known"))
+
+
+@pytest.mark.parametrize("peak_mode", ["points", "relative"])
+def test_time_to_target_matches_the_analytic_value_in_every_unit(known, peak_mode):
+    _, _, ttt = _ttt(known, peak_mode=peak_mode)
+    assert len(ttt) == 15 * 2
+    for row in ttt.itertuples():
+        cap = None if row.router == "dense" else row.capacity
+        if row.rule == "peak":
+            peak = PEAK[row.router]
+            target = peak - 2.0 if peak_mode == "points" else peak * 0.98
+        else:
+            target = 80.0  # the dense median best
+        assert row.target == pytest.approx(target)
+        expected = expected_units(row.router, cap, expected_epoch(row.router, target))
+        for unit, value in expected.items():
+            assert getattr(row, unit) == pytest.approx(value, rel=1e-9), (row.cell, row.rule, unit)
+
+
+def test_never_reaching_cell_is_infinite_and_not_reached(known):
+    _, _, ttt = _ttt(known)
+    slow = ttt[(ttt["router"] == "random") & (ttt["rule"] == "common")]
+    assert len(slow) == 3 and not slow["reached"].any()
+    for unit in ("epoch", "step", "train_macs", "train_seconds"):
+        assert np.isinf(slow[unit]).all()
+    med = convergence.median_times(ttt)
+    row = med[(med["router"] == "random") & (med["rule"] == "common")].iloc[0]
+    assert np.isinf(row["epoch"]) and row["reached"] == 0 and row["n"] == 3
+
+
+def test_within_and_target_overrides(known):
+    _, _, ttt = _ttt(known, within=5.0, common_top1=50.0)
+    dense = ttt[ttt["router"] == "dense"].set_index("rule")
+    assert dense.loc["peak", "target"].iloc[0] == 75.0
+    assert dense.loc["peak", "epoch"].iloc[0] == pytest.approx(5.5)
+    assert dense.loc["common", "epoch"].iloc[0] == pytest.approx(3.0)
+    rnd = ttt[(ttt["router"] == "random") & (ttt["rule"] == "common")]
+    assert rnd["epoch"].iloc[0] == pytest.approx(6.0)  # now reachable
+
+
+def test_first_crossing_rule():
+    units = np.array([[1, 10], [2, 20], [3, 30], [4, 40]], dtype=float)
+    # first crossing wins even though the curve dips and crosses again later
+    np.testing.assert_allclose(convergence.first_crossing(units, np.array([50, 70, 60, 90.0]), 65), [1.75, 17.5])
+    # already above target at the first eval: that eval's value, no extrapolation
+    np.testing.assert_allclose(convergence.first_crossing(units, np.array([70, 71, 72, 73.0]), 65), [1, 10])
+    # a non-finite eval is skipped, interpolation runs between its finite neighbours
+    np.testing.assert_allclose(convergence.first_crossing(units, np.array([50, np.nan, 70, 80.0]), 60), [2, 20])
+    assert np.isinf(convergence.first_crossing(units, np.array([1, 2, 3, 4.0]), 65)).all()
+    assert np.isnan(convergence.first_crossing(units, np.array([1, 2, 3, 4.0]), np.nan)).all()
+
+
+def test_peak_target_modes():
+    assert convergence.peak_target(80.0, 2.0, "points") == 78.0
+    assert convergence.peak_target(80.0, 2.0, "relative") == pytest.approx(78.4)
+    with pytest.raises(ValueError, match="peak mode"):
+        convergence.peak_target(80.0, 2.0, "percent")
+
+
+def test_common_target_uses_dense_median_and_lower_middle_for_even_seeds(tmp_path):
+    cells = [Cell("dense", None, s, [(0, 20.0), (6, p), (10, p)]) for s, p in enumerate((70.0, 72.0, 74.0, 76.0))]
+    res = load_results(write_suite(tmp_path, "even", cells))
+    frame, _, _ = add_variant_columns(res.cells, res.config_keys)
+    targets = convergence.common_targets(frame)
+    assert targets["common_target"].tolist() == [72.0]  # lower of the two middle bests (72, 74)
+    ttt = convergence.times_to_target(frame, res.evals)
+    med = convergence.median_times(ttt)
+    assert np.isfinite(med.loc[med["rule"] == "common", "epoch"]).all()  # 3 of 4 dense seeds reach it
+    assert convergence.median_low([3.0, 1.0, 2.0]) == 2.0 and convergence.median_low([4.0, 1.0, 3.0, 2.0]) == 2.0
+
+
+def test_speedups_are_ratios_of_medians_with_degenerate_cis_for_noiseless_data(known):
+    _, _, ttt = _ttt(known)
+    sp = convergence.speedups(ttt, n_boot=500, seed=0)
+    # amod vs each baseline, common rule, epochs: 6/3, 5/3, 4/3
+    amod = sp[(sp["router"] == "amod") & (sp["rule"] == "common") & (sp["unit"] == "epoch")].set_index("baseline")
+    for base, ratio in (("dense", 2.0), ("isoflop", 5 / 3), ("mod", 4 / 3)):
+        assert amod.loc[base, "speedup"] == pytest.approx(ratio)
+        assert amod.loc[base, "ci_low"] == pytest.approx(ratio) and amod.loc[base, "ci_high"] == pytest.approx(ratio)
+    # wall-clock: amod runs epochs twice as fast as dense
+    secs = sp[(sp["router"] == "amod") & (sp["rule"] == "common") & (sp["unit"] == "train_seconds")]
+    assert secs.set_index("baseline").loc["dense", "speedup"] == pytest.approx(4.0)
+    # a router that never reaches the target: speedup 0 (router inf), CI at 0 as well
+    rnd = sp[(sp["router"] == "random") & (sp["rule"] == "common")]
+    assert (rnd["speedup"] == 0).all()
+    assert set(sp["baseline"]) == {"dense", "isoflop", "mod"}
+    assert not ((sp["router"] == sp["baseline"])).any() and "dense" not in set(sp["router"])
+
+
+def test_bootstrap_ci_contains_the_true_ratio_and_is_deterministic(tmp_path):
+    # per seed: dense reaches 80 at epoch 4, 6, 8; amod at 2, 3, 4 -> true median ratio 2
+    cells = []
+    for s, (d, a) in enumerate(((4, 2), (6, 3), (8, 4))):
+        cells.append(Cell("dense", None, s, [(0, 20.0), (d, 80.0), (10, 80.0)]))
+        cells.append(Cell("amod", 0.5, s, [(0, 20.0), (a, 80.0), (10, 80.0)]))
+    _, _, ttt = _ttt(write_suite(tmp_path, "spread", cells))
+    sp = convergence.speedups(ttt, n_boot=2000, seed=0)
+    row = sp[(sp["rule"] == "common") & (sp["unit"] == "epoch")].iloc[0]
+    assert row["speedup"] == pytest.approx(2.0)
+    assert row["ci_low"] < 2.0 < row["ci_high"]
+    again = convergence.speedups(ttt, n_boot=2000, seed=0)
+    assert again[["speedup", "ci_low", "ci_high"]].equals(sp[["speedup", "ci_low", "ci_high"]])
+
+
+def test_bootstrap_seed_fixes_the_ci():
+    rng = np.random.default_rng(5)
+    router, baseline = rng.uniform(1, 2, 8), rng.uniform(2, 4, 8)
+    first = convergence.bootstrap_speedup(router, baseline, seed=3)
+    assert convergence.bootstrap_speedup(router, baseline, seed=3) == first
+    assert convergence.bootstrap_speedup(router, baseline, seed=4)[1:] != first[1:]
+    assert first[1] < first[0] < first[2]
+
+
+def test_bootstrap_speedup_on_arrays():
+    point, low, high = convergence.bootstrap_speedup([1.0, 1.0], [3.0, 3.0], n_boot=100)
+    assert (point, low, high) == (3.0, 3.0, 3.0)
+    point, low, high = convergence.bootstrap_speedup([np.inf], [np.inf], n_boot=100)
+    assert math.isnan(point) and math.isnan(low)  # neither reached: undefined, not a number
+    point, low, high = convergence.bootstrap_speedup(np.array([[1.0, 2.0]]), np.array([[2.0, np.inf]]), n_boot=10)
+    np.testing.assert_array_equal(point, [2.0, np.inf])
+
+
+def test_dense_is_the_baseline_of_every_capacity(tmp_path):
+    cells = [Cell("dense", None, s, DENSE_KNOTS) for s in range(2)]
+    for cap in (0.25, 0.5):
+        cells += [Cell("amod", cap, s, AMOD_KNOTS) for s in range(2)]
+        cells += [Cell("mod", cap, s, DENSE_KNOTS) for s in range(2)]
+    _, _, ttt = _ttt(write_suite(tmp_path, "caps", cells))
+    sp = convergence.speedups(ttt, n_boot=100)
+    amod = sp[(sp["router"] == "amod") & (sp["unit"] == "epoch") & (sp["rule"] == "common")]
+    assert sorted(zip(amod["capacity"], amod["baseline"])) == [(0.25, "dense"), (0.25, "mod"), (0.5, "dense"),
+                                                               (0.5, "mod")]
+    assert amod["speedup"].tolist() == pytest.approx([2.0, 2.0, 2.0, 2.0])
+
+
+def test_performance_profile_known_fractions(tmp_path):
+    # two capacities; at 0.25 amod is fastest (3 vs dense 6), at 0.5 mod is (4 vs amod 8)
+    fast, slow = [(0, 20.0), (3, 80.0), (10, 80.0)], [(0, 20.0), (8, 80.0), (10, 80.0)]
+    mid = [(0, 20.0), (4, 80.0), (10, 80.0)]
+    cells = [Cell("dense", None, 0, DENSE_KNOTS), Cell("amod", 0.25, 0, fast), Cell("amod", 0.5, 0, slow),
+             Cell("mod", 0.5, 0, mid)]
+    _, _, ttt = _ttt(write_suite(tmp_path, "profile", cells))
+    med = convergence.median_times(ttt)
+    prof = convergence.performance_profile(med, taus=[1.0, 1.5, 2.0, 4.0])
+    got = prof[(prof["rule"] == "common") & (prof["unit"] == "epoch")]
+    frac = {(r, t): f for r, t, f in zip(got["router_label"], got["tau"], got["fraction"])}
+    # amod: ratio 1 at C=0.25, 8/4 = 2 at C=0.5; dense: 6/3 = 2 and 6/4 = 1.5; mod: absent at 0.25 (inf), 1 at 0.5
+    assert [frac[("amod", t)] for t in (1.0, 1.5, 2.0, 4.0)] == [0.5, 0.5, 1.0, 1.0]
+    assert [frac[("dense", t)] for t in (1.0, 1.5, 2.0, 4.0)] == [0.0, 0.5, 1.0, 1.0]
+    assert [frac[("mod", t)] for t in (1.0, 1.5, 2.0, 4.0)] == [0.5, 0.5, 0.5, 0.5]
+    assert got["n_workloads"].eq(2).all()

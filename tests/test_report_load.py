@@ -1,0 +1,112 @@
+"""Loading results folders: tidy frames, flags instead of silent drops, corrupt lines warn."""
+import json
+
+import numpy as np
+import pytest
+
+from amod_bench.report.groups import add_variant_columns, variant_axes
+from amod_bench.report.load import ReportWarning, ResultsNotFound, load_results
+from fixtures_report import DENSE_KNOTS, Cell, known_suite, write_suite
+
+
+def test_frames_have_one_row_per_cell_and_per_eval(tmp_path):
+    res = load_results(known_suite(tmp_path))
+    assert len(res.cells) == 15 and res.cells["ok"].all()
+    assert len(res.evals) == 15 * 10
+    assert res.evals.groupby(["suite", "cell"]).size().eq(10).all()
+    assert {"epoch", "step", "train_macs", "train_seconds", "val_top1"} <= set(res.evals.columns)
+    dense = res.cells[res.cells["router"] == "dense"].iloc[0]
+    assert dense["best_top1"] == 80.0 and dense["target_within_peak_pct"] == 2.0
+    assert dense["gmacs"] == 1.25 and np.isnan(dense["capacity"])
+    assert "resources" not in res.cells  # scheduling only
+    assert json.loads(res.cells.loc[res.cells["router"] == "amod", "routed_layers"].iloc[0]) == [1, 3, 5, 7, 9, 11]
+
+
+def test_unfinished_failed_diverged_and_missing_cells_are_kept_and_flagged(tmp_path):
+    cells = [Cell("dense", None, s, DENSE_KNOTS) for s in range(2)] + [
+        Cell("amod", 0.5, 0, DENSE_KNOTS, status="failed"),
+        Cell("amod", 0.5, 1, DENSE_KNOTS, status="diverged"),
+        Cell("amod", 0.5, 2, DENSE_KNOTS, status="running"),
+        Cell("amod", 0.5, 3, DENSE_KNOTS, status=None),  # killed before any summary
+    ]
+    root = write_suite(tmp_path, "flags", cells)
+    index = json.loads((root / "index.json").read_text())
+    index["cells"].append({"id": "never-started", "stage": "finetune", "status": "pending"})
+    (root / "index.json").write_text(json.dumps(index))
+
+    res = load_results(root)
+    flags = dict(zip(res.cells["cell"], res.cells["flag"]))
+    assert flags[cells[2].id] == "failed" and flags[cells[3].id] == "diverged"
+    assert flags[cells[4].id] == "unfinished" and flags[cells[5].id] == "unfinished"
+    assert flags["never-started"] == "missing"
+    assert res.cells["ok"].sum() == 2 and len(res.flagged) == 5
+    reasons = dict(zip(res.cells["cell"], res.cells["reason"]))
+    assert "CUDA out of memory" in reasons[cells[2].id]
+    assert "no summary.json" in reasons[cells[5].id]
+    # diverged evals are read as NaN, not dropped
+    div = res.evals[res.evals["cell"] == cells[3].id]
+    assert len(div) == 10 and div["val_top1"].isna().sum() == 5
+
+
+def test_truncated_metrics_line_warns_with_file_and_line(tmp_path):
+    cell = Cell("dense", None, 0, DENSE_KNOTS, metrics_tail='{"step": 1100, "epoch": 11.0, "val_to')
+    root = write_suite(tmp_path, "trunc", [cell])
+    with pytest.warns(ReportWarning, match=r"metrics\.jsonl:11: corrupt or truncated"):
+        res = load_results(root)
+    assert res.cells.loc[0, "ok"] and res.cells.loc[0, "bad_lines"] == 1
+    assert len(res.evals) == 10
+    assert any("metrics.jsonl:11" in w for w in res.warnings)
+
+
+def test_unreadable_config_flags_the_cell(tmp_path):
+    root = write_suite(tmp_path, "badcfg", [Cell("dense", None, 0, DENSE_KNOTS)])
+    cfg = next((root / "cells").iterdir()) / "config.json"
+    cfg.write_text("{not json")
+    with pytest.warns(ReportWarning, match="config.json: unreadable JSON"):
+        res = load_results(root)
+    assert res.cells.loc[0, "flag"] == "no_config"
+
+
+def test_several_suites_combine_and_keep_their_names(tmp_path):
+    a = known_suite(tmp_path / "a", name="alpha", seeds=(0,))
+    b = known_suite(tmp_path / "b", name="beta", seeds=(1, 2))
+    res = load_results([a, b])
+    assert sorted(res.cells["suite"].unique()) == ["alpha", "beta"]
+    assert len(res.cells) == 15
+    cells, router_axes, recipe_axes = add_variant_columns(res.cells, res.config_keys)
+    assert router_axes == [] and recipe_axes == []  # seeds from both suites pool into one variant each
+    assert cells.groupby("variant").size().eq(3).all()
+
+
+def test_same_suite_name_twice_falls_back_to_the_path(tmp_path):
+    a = known_suite(tmp_path / "a", name="same", seeds=(0,))
+    b = known_suite(tmp_path / "b", name="same", seeds=(1,))
+    res = load_results([a, b])
+    assert set(res.cells["suite"]) == {"same", str(b)}
+
+
+def test_missing_folder_raises_a_clear_error(tmp_path):
+    with pytest.raises(ResultsNotFound, match="results folder not found"):
+        load_results(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ResultsNotFound, match="not a results folder"):
+        load_results(tmp_path / "empty")
+
+
+def test_variant_axes_are_keys_that_differ_at_equal_seed(tmp_path):
+    cells = []
+    for s in (0, 1):
+        for lr in (1e-4, 1e-3):
+            for policy in ("compete", "keep"):
+                cells.append(Cell("amod", 0.5, s, DENSE_KNOTS, extra={"lr": lr, "cls_policy": policy,
+                                                                       "data_seed": 100 + s}))
+        cells.append(Cell("dense", None, s, DENSE_KNOTS, extra={"data_seed": 100 + s}))
+    res = load_results(write_suite(tmp_path, "axes", cells))
+    # routed_layers differs only between routers, data_seed and init_from only between seeds
+    assert variant_axes(res.cells, res.config_keys) == ["cls_policy", "lr"]
+    frame, router_axes, recipe_axes = add_variant_columns(res.cells, res.config_keys)
+    assert router_axes == ["cls_policy"] and recipe_axes == ["lr"]
+    assert "amod (cls_policy=keep)" in set(frame["router_label"])
+    assert frame.loc[frame["router"] == "dense", "router_label"].eq("dense").all()
+    assert frame.loc[frame["router"] == "dense", "capacity"].eq(1.0).all()
+    assert frame.groupby("variant").size().eq(2).all()  # 4 amod variants + dense, two seeds each
