@@ -209,3 +209,17 @@ def test_bundled_digits_defaults_do_not_flip(tmp_path):
     for b in eval_loader(ds, "train", batch_size=256, rank=0, world_size=1, with_keys=True, **KW):
         eval_images.update(zip(b[3], b[0]))
     assert all(torch.allclose(img, eval_images[k], atol=1e-6) for img, k in zip(images, keys))
+
+
+def test_every_augment_option_runs_and_stays_seeded(digits):
+    augment = {"scale": [0.3, 1.0], "ratio": [0.5, 2.0], "hflip": True, "color_jitter": [0.3, 0.3, 0.3, 0.05],
+               "trivial_augment": True, "random_erasing": 1.0, "interpolation": "bicubic"}
+
+    def run(seed):
+        loader = train_loader(digits, batch_size=16, seed=seed, epoch=0, rank=0, world_size=8, augment=augment,
+                              shuffle_buffer=100, **KW)
+        return torch.cat([b[0] for b in loader])
+
+    first = run(0)
+    assert first.shape == (len(first), 3, 16, 16) and torch.isfinite(first).all()
+    assert torch.equal(first, run(0)) and not torch.equal(first, run(1))

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from amod_bench.data.errors import DatasetError
 from amod_bench.data.manifest import Dataset, is_remote
 from amod_bench.data.reading import ON_ERROR, SkipCounter, _raise_or_skip, decode_sample, read_shards
-from amod_bench.data.transforms import eval_transform, resolve_augment, train_transform
+from amod_bench.data.transforms import BatchNormalize, eval_transform, resolve_augment, train_transform
 
 
 def _mix(*values: int) -> int:
@@ -87,9 +87,10 @@ def _decoded(samples, *, num_classes: int, transform, rng: _IsolatedRNG | None, 
         yield (rng(transform, image) if rng is not None else transform(image)), label, sample["__key__"]
 
 
-def _collate(batch: list, skipped: int, with_keys: bool, img_size: int):
+def _collate(batch: list, skipped: int, with_keys: bool, img_size: int, normalize: BatchNormalize,
+             rng: _IsolatedRNG | None):
     if batch:
-        images = torch.stack([b[0] for b in batch])  # (B, 3, H, W)
+        images = normalize(torch.stack([b[0] for b in batch]), rng)  # uint8 -> float (B, 3, H, W)
     else:  # only an eval reader whose every sample was bad: an empty batch carries the count
         images = torch.empty(0, 3, img_size, img_size)
     labels = torch.tensor([b[1] for b in batch], dtype=torch.long)
@@ -97,28 +98,30 @@ def _collate(batch: list, skipped: int, with_keys: bool, img_size: int):
     return (*out, [b[2] for b in batch]) if with_keys else out
 
 
-def _batches(samples, *, batch_size: int, counter: SkipCounter, with_keys: bool, img_size: int, hold: bool):
+def _batches(samples, *, batch_size: int, counter: SkipCounter, with_keys: bool, img_size: int, hold: bool,
+             normalize: BatchNormalize, rng: _IsolatedRNG | None = None):
     """Batches of `batch_size`; the last may be partial (eval only: training streams are endless).
 
     With `hold`, a full batch is emitted only once the stream goes on or ends, so skips after
     the last good sample still reach the caller inside the final batch.
     """
+    collate = functools.partial(_collate, with_keys=with_keys, img_size=img_size, normalize=normalize, rng=rng)
     pending, batch = None, []
     for sample in samples:
         if pending is not None:
-            yield _collate(pending, counter.take(), with_keys, img_size)
+            yield collate(pending, counter.take())
             pending = None
         batch.append(sample)
         if len(batch) == batch_size:
             if hold:
                 pending = batch
             else:
-                yield _collate(batch, counter.take(), with_keys, img_size)
+                yield collate(batch, counter.take())
             batch = []
     if pending is not None:
-        yield _collate(pending, counter.take(), with_keys, img_size)
+        yield collate(pending, counter.take())
     if batch or counter.pending:
-        yield _collate(batch, counter.take(), with_keys, img_size)
+        yield collate(batch, counter.take())
 
 
 def _check_args(ds: Dataset, split: str, *, batch_size: int, img_size: int, mean, std, rank: int,
@@ -145,13 +148,14 @@ class _TrainStream(IterableDataset):
     """One rank's training stream; a fresh webdataset pipeline per iteration (idempotent)."""
 
     def __init__(self, ds: Dataset, shards, *, steps: int, batch_size: int, img_size: int, transform,
-                 seed: int, epoch: int, rank: int, world_size: int, on_error: str, shuffle_buffer: int,
-                 with_keys: bool):
+                 normalize: BatchNormalize, seed: int, epoch: int, rank: int, world_size: int, on_error: str,
+                 shuffle_buffer: int, with_keys: bool):
         super().__init__()
         self.shards = [(url, n) for url, n in shards if n > 0]  # empty shards would only be redrawn
         self.num_samples = sum(n for _, n in self.shards)
         self.num_classes, self.exact = ds.num_classes, ds.exact_counts
         self.steps, self.batch_size, self.img_size, self.transform = steps, batch_size, img_size, transform
+        self.normalize = normalize
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
         self.on_error, self.shuffle_buffer, self.with_keys = on_error, shuffle_buffer, with_keys
 
@@ -167,6 +171,7 @@ class _TrainStream(IterableDataset):
         stream_seed = _mix(self.seed, self.epoch, self.rank, self.world_size, worker, num_workers)
         counter = SkipCounter(limit=max(self.num_samples, 100))
         bufsize = max(1, min(self.shuffle_buffer, self.num_samples))
+        rng = _IsolatedRNG(_mix(stream_seed, 2))  # augmentation randomness of this worker
         pipeline = wds.DataPipeline(
             # each (rank, worker) draws its own deterministic shard sequence, with replacement
             wds.ResampledShards([url for url, _ in self.shards], deterministic=True,
@@ -174,10 +179,10 @@ class _TrainStream(IterableDataset):
             functools.partial(read_shards, counts=dict(self.shards), exact=self.exact, on_error=self.on_error,
                               counter=counter, max_failed_shards=2 * len(self.shards) + 10),
             wds.shuffle(bufsize, initial=bufsize, seed=_mix(stream_seed, 1)),
-            functools.partial(_decoded, num_classes=self.num_classes, transform=self.transform,
-                              rng=_IsolatedRNG(_mix(stream_seed, 2)), on_error=self.on_error, counter=counter),
+            functools.partial(_decoded, num_classes=self.num_classes, transform=self.transform, rng=rng,
+                              on_error=self.on_error, counter=counter),
             functools.partial(_batches, batch_size=self.batch_size, counter=counter, with_keys=self.with_keys,
-                              img_size=self.img_size, hold=False),
+                              img_size=self.img_size, hold=False, normalize=self.normalize, rng=rng),
         ).with_epoch(nbatches=batches)
         return iter(pipeline)
 
@@ -185,12 +190,13 @@ class _TrainStream(IterableDataset):
 class _EvalStream(IterableDataset):
     """One rank's share of an evaluation split, each sample exactly once across all readers."""
 
-    def __init__(self, ds: Dataset, shards, *, batch_size: int, img_size: int, transform, rank: int,
-                 world_size: int, num_workers: int, on_error: str, with_keys: bool):
+    def __init__(self, ds: Dataset, shards, *, batch_size: int, img_size: int, transform,
+                 normalize: BatchNormalize, rank: int, world_size: int, num_workers: int, on_error: str,
+                 with_keys: bool):
         super().__init__()
         self.shards = shards
         self.num_classes, self.exact = ds.num_classes, ds.exact_counts
-        self.batch_size, self.img_size, self.transform = batch_size, img_size, transform
+        self.batch_size, self.img_size, self.transform, self.normalize = batch_size, img_size, transform, normalize
         self.rank, self.world_size, self.num_workers = rank, world_size, max(1, num_workers)
         self.on_error, self.with_keys = on_error, with_keys
         self.readers = self.world_size * self.num_workers
@@ -233,7 +239,7 @@ class _EvalStream(IterableDataset):
             functools.partial(_decoded, num_classes=self.num_classes, transform=self.transform, rng=None,
                               on_error=self.on_error, counter=counter),
             functools.partial(_batches, batch_size=self.batch_size, counter=counter, with_keys=self.with_keys,
-                              img_size=self.img_size, hold=True),
+                              img_size=self.img_size, hold=True, normalize=self.normalize),
         )
         return iter(pipeline)
 
@@ -276,10 +282,12 @@ def train_loader(ds: Dataset, split: str = "train", *, batch_size: int, img_size
     if steps == 0:
         raise DatasetError(f"dataset {ds.root}: split {split!r} has {num_samples} samples, fewer than one global "
                            f"batch (batch_size {batch_size} x world_size {world_size}); lower the batch size")
-    transform = train_transform(img_size, mean, std, resolve_augment(ds.augment_defaults, augment))
-    stream = _TrainStream(ds, shards, steps=steps, batch_size=batch_size, img_size=img_size, transform=transform,
-                          seed=seed, epoch=epoch, rank=rank, world_size=world_size, on_error=on_error,
-                          shuffle_buffer=shuffle_buffer, with_keys=with_keys)
+    augment = resolve_augment(ds.augment_defaults, augment)
+    stream = _TrainStream(ds, shards, steps=steps, batch_size=batch_size, img_size=img_size,
+                          transform=train_transform(img_size, augment),
+                          normalize=BatchNormalize(mean, std, augment["random_erasing"]), seed=seed, epoch=epoch,
+                          rank=rank, world_size=world_size, on_error=on_error, shuffle_buffer=shuffle_buffer,
+                          with_keys=with_keys)
     return _data_loader(stream, num_workers, _mix(seed, epoch, rank), pin_memory)
 
 
@@ -298,6 +306,7 @@ def eval_loader(ds: Dataset, split: str = "val", *, batch_size: int, img_size: i
     crop_pct = crop_pct if crop_pct is not None else ds.crop_pct
     interpolation = resolve_augment(ds.augment_defaults)["interpolation"]
     stream = _EvalStream(ds, shards, batch_size=batch_size, img_size=img_size,
-                         transform=eval_transform(img_size, mean, std, crop_pct, interpolation), rank=rank,
+                         transform=eval_transform(img_size, crop_pct, interpolation),
+                         normalize=BatchNormalize(mean, std), rank=rank,
                          world_size=world_size, num_workers=num_workers, on_error=on_error, with_keys=with_keys)
     return _data_loader(stream, num_workers, rank, pin_memory)
