@@ -206,12 +206,26 @@ def test_torchvision_pets_from_a_local_root(tmp_path):
             lines.append(f"{name} {label} {1 + (label == 2)} 1")
         (base / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
     out = tmp_path / "pets"
-    assert _run_cli("pets", "--root", str(tmp_path / "raw"), "--out", str(out), "--workers", "1") == 0
+    # more shards asked for than there are samples: one sample per shard, never an empty shard
+    assert _run_cli("pets", "--root", str(tmp_path / "raw"), "--out", str(out), "--num-shards", "50",
+                    "--workers", "1") == 0
     ds = open_dataset(str(out))
     assert ds.class_names == ["Abyssinian", "Beagle"] and ds.num_samples("train") == 6 and ds.num_samples("val") == 4
     assert ds.source == "torchvision.datasets.OxfordIIITPet"
+    assert [n for _, n in ds.shards("val")] == [1, 1, 1, 1]
+    labels = [label for rank in range(2) for b in eval_loader(ds, "val", batch_size=3, img_size=32, mean=[0.5] * 3,
+                                                              std=[0.5] * 3, rank=rank, world_size=2, num_workers=2)
+              for label in b[1].tolist()]
+    assert sorted(labels) == [0, 0, 1, 1]  # 4 one-sample shards over 2 ranks x 2 workers
     # without the files: a clear error that points at --download
     assert _run_cli("pets", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "x")) == 1
+
+
+def test_unwritable_cache_says_what_to_change(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    with pytest.raises(DatasetError, match="set AMOD_BENCH_CACHE to a writable folder"):
+        open_dataset("bundled:digits", cache_dir=str(blocker / "cache"))
 
 
 def test_missing_dataset_message_names_folder_and_command(tmp_path):

@@ -87,9 +87,13 @@ def ensure_bundled(name: str, cache_dir: str | os.PathLike | None = None) -> Pat
     missing = bundled_requirement_missing(name)
     if missing:
         raise DatasetError(missing)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-v{VERSION}.tmp-", dir=root))
+    except OSError as exn:
+        raise DatasetError(f"cannot write bundled:{name} into the cache folder {root} ({exn.strerror}); "
+                           "set AMOD_BENCH_CACHE to a writable folder") from exn
     _remove_stale_temps(root, name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-v{VERSION}.tmp-", dir=root))
     try:
         _build(name, tmp)
         os.chmod(tmp, 0o755)  # mkdtemp made it private; the cache is shared by every process
