@@ -15,6 +15,7 @@ integer epochs).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +58,8 @@ class Cell:
         if self.cell_id:
             return self.cell_id
         cap = "full" if self.capacity is None else f"c{self.capacity:g}"
-        tail = "".join(f"-{k}{v}" for k, v in sorted(self.extra.items()) if k != "targets")
+        tail = "".join(re.sub(r"[^A-Za-z0-9._-]", "_", f"-{k}{v}") for k, v in sorted(self.extra.items())
+                       if k != "targets" and not k.endswith("_path"))
         return f"{self.stage}-{self.model}-{self.dataset}-{self.router}-{cap}{tail}-s{self.seed}"
 
 
