@@ -25,15 +25,18 @@ hidden width h = int(d * mlp_ratio):
 - head:           d * num_classes (the CLS token only)
 
 Training MACs per sample use the usual 3 x forward (backward ~ 2 x forward;
-Kaplan et al. 2020, PaLM appendix B), also for routed and router MACs.
+Kaplan et al. 2020, PaLM appendix B) for every component, although the
+detached attention-score pass of amod / cls has no backward.
 
 isoFLOP baseline: the dense model cut to the first L' blocks, L' the depth
 whose total MACs are nearest those of the MoD-routed model at the same
 capacity and routed layers, ties to the shallower model (`isoflop_match` gives
 the depth and the exact ratio; the paper's own rounding is inconsistent).
 
-    >>> count_macs("deit_small_patch16_224").gmacs                      # doctest: +ELLIPSIS
-    4.6...
+    >>> round(count_macs("deit_small_patch16_224").gmacs, 2)
+    4.6
+    >>> isoflop_match("deit_small_patch16_224", capacity=0.5).depth
+    9
 """
 from __future__ import annotations
 
@@ -56,7 +59,8 @@ TRAIN_MULTIPLIER = 3  # forward + backward ~ 3 x forward
 class RouterCost:
     """What a router costs, for the counting here (torch-free mirror of the router classes)."""
 
-    score_macs: Optional[Callable[[int, int, str], int]]  # (N, d, score_impl) -> MACs per routed block; None: no routing
+    # (N, d, score_impl) -> score MACs per routed block; None: a variant without routing
+    score_macs: Optional[Callable[[int, int, str], int]]
     attention_scored: bool = False  # reads the previous block's attention
     truncate_to_match: Optional[str] = None  # isoflop: the router whose FLOPs the cut model matches
 

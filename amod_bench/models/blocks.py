@@ -14,7 +14,7 @@ attention statistic to the next router:
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from timm.layers import Attention
