@@ -25,10 +25,11 @@ import pandas as pd
 from . import accuracy, convergence
 from .groups import add_variant_columns, sort_frame
 from .load import UNITS, Results, load_results
-from .output import atomic_write_text, markdown_table, write_table
+from .output import atomic_write_text, write_csv, write_markdown
 
 MACS_NOTE = ('MACs are multiply-accumulates, reported as "FLOPs" as in the paper, timm and fvcore '
              "(true FLOPs = 2 x MACs)")
+MAX_WARNINGS = 50  # read warnings listed in index.md (all of them are also raised as ReportWarning)
 UNIT_NAMES = {"epoch": "epochs", "step": "steps", "train_macs": "train MACs", "train_seconds": "seconds"}
 
 
@@ -181,7 +182,6 @@ def build_report(folders, out: Path | str | None = None, options: ReportOptions 
     report = Report(out=out, results=results)
     tables_dir = out / "tables"
     cells, router_axes, recipe_axes = add_variant_columns(results.cells, results.config_keys)
-    ok = cells[cells["ok"]]
     index = _Index()
 
     # ---- definitions shared by several sections
@@ -206,82 +206,75 @@ def build_report(folders, out: Path | str | None = None, options: ReportOptions 
               f"every CI is {options.level:.0%}. Regenerate with "
               f"`python bench.py report {' '.join(str(p) for p in results.sources)} --out {out}`.", "")
 
+    def table(name: str, frame: pd.DataFrame) -> None:
+        report.tables[name] = write_csv(frame, tables_dir, name)
+
     # ---- flagged cells and read warnings
     flagged = _flagged(cells)
-    _, _, md = write_table(flagged, tables_dir, "flagged")
-    report.tables["flagged"] = tables_dir / "flagged.csv"
+    table("flagged", flagged)
     index.table("Flagged cells", "Unfinished (running / no summary.json), failed, diverged, missing or unreadable "
                 f"cells: kept in cells.csv, left out of every mean, median and figure ({len(flagged)} cells)",
-                "flagged", md)
+                "flagged", write_markdown(flagged, tables_dir, "flagged"))
     if results.warnings:
-        index.add("Read warnings (lines or files skipped):", "", *[f"- `{w}`" for w in results.warnings], "")
+        shown = results.warnings[:MAX_WARNINGS]
+        more = len(results.warnings) - len(shown)
+        index.add("Read warnings (lines or files skipped):", "", *[f"- `{w}`" for w in shown],
+                  *([f"- ... and {more} more"] if more else []), "")
     cells_table = _cells_table(cells)
-    write_table(cells_table, tables_dir, "cells")
-    report.tables["cells"] = tables_dir / "cells.csv"
-    index.add(f"All cells, one row each (flags included): [tables/cells.csv](tables/cells.csv), "
+    table("cells", cells_table)
+    write_markdown(cells_table, tables_dir, "cells")
+    index.add("All cells, one row each (flags included): [tables/cells.csv](tables/cells.csv), "
               "[tables/cells.md](tables/cells.md).", "")
 
     # ---- accuracy
     acc = {}
     for which in ("best", "final"):
-        table = accuracy.accuracy_table(cells, which, options.level)
-        acc[which] = table
-        md_frame = _accuracy_md(table)
-        write_table(table, tables_dir, f"accuracy_{which}")
-        atomic_write_text(tables_dir / f"accuracy_{which}.md", markdown_table(md_frame))
-        report.tables[f"accuracy_{which}"] = tables_dir / f"accuracy_{which}.csv"
+        acc[which] = accuracy.accuracy_table(cells, which, options.level)
+        table(f"accuracy_{which}", acc[which])
         what = ("best-epoch (the paper's convention: max over evals, summary.json best_*)" if which == "best"
                 else "final (last eval, summary.json final_*)")
         index.table(f"Accuracy ({which})", f"{what} val top-1/top-5 (%), mean ± sample std over seeds with "
-                    f"{options.level:.0%} Student-t CI; {_n_text(table['n'])}; GMACs = inference MACs per image / 1e9 "
-                    "(config gmacs, MACs reported as FLOPs); 'vs isoflop'/'vs dense' = gmacs ratio to the isoflop "
-                    "model of the same capacity / the full-depth dense model", f"accuracy_{which}",
-                    markdown_table(md_frame))
+                    f"{options.level:.0%} Student-t CI; {_n_text(acc[which]['n'])}; GMACs = inference MACs per image "
+                    "/ 1e9 (config gmacs, MACs reported as FLOPs); 'vs isoflop'/'vs dense' = gmacs ratio to the "
+                    "isoflop model of the same capacity / the full-depth dense model", f"accuracy_{which}",
+                    write_markdown(_accuracy_md(acc[which]), tables_dir, f"accuracy_{which}"))
 
     # ---- convergence speed
     ttt = convergence.times_to_target(cells, results.evals, within=options.within, peak_mode=options.peak_mode,
                                       common_top1=options.target_top1)
     targets = convergence.common_targets(cells, options.target_top1)
-    write_table(targets, tables_dir, "targets", formats={"common_target": ".4g"})
-    report.tables["targets"] = tables_dir / "targets.csv"
+    table("targets", targets)
     index.table("Targets", f"common rule (AlgoPerf-style): one val top-1 target per (stage, model, dataset): "
                 "--target-top1, else the suite's targets.top1, else the median over seeds (for even n the lower "
                 "middle value) of the full-depth dense model's best val top-1 (highest dense variant); "
-                f"{peak_rule}", "targets",
-                markdown_table(targets, {"common_target": ".4g"}))
+                f"{peak_rule}", "targets", write_markdown(targets, tables_dir, "targets", {"common_target": ".4g"}))
     ttt_cells = sort_frame(ttt, ["rule", "seed", "cell"])
-    write_table(ttt_cells, tables_dir, "time_to_target_cells")
-    report.tables["time_to_target_cells"] = tables_dir / "time_to_target_cells.csv"
+    table("time_to_target_cells", ttt_cells)
+    write_markdown(ttt_cells, tables_dir, "time_to_target_cells")
     medians = convergence.median_times(ttt)
-    write_table(medians, tables_dir, "time_to_target")
-    report.tables["time_to_target"] = tables_dir / "time_to_target.csv"
+    table("time_to_target", medians)
     for rule, rule_text in (("peak", peak_rule), ("common", "common rule: the per-workload target above")):
-        frame = _ttt_md(medians, rule)
-        atomic_write_text(tables_dir / f"time_to_target_{rule}.md", markdown_table(frame))
         index.table(f"Time to target ({rule} rule)", f"median over seeds of the time to reach the target; "
                     f"{rule_text}; {crossing}; {_n_text(medians.loc[medians['rule'] == rule, 'n'])}; "
                     f"units: epochs, optimizer steps, cumulative training MACs (all ranks), wall-clock training "
                     f"seconds (evals excluded). Per cell: tables/time_to_target_cells.csv", "time_to_target",
-                    markdown_table(frame))
+                    write_markdown(_ttt_md(medians, rule), tables_dir, f"time_to_target_{rule}"))
 
     speed = convergence.speedups(ttt, n_boot=options.n_boot, seed=options.seed, level=options.level)
-    write_table(speed, tables_dir, "speedup")
-    report.tables["speedup"] = tables_dir / "speedup.csv"
+    table("speedup", speed)
     for rule in ("peak", "common"):
-        frame = _speedup_md(speed, rule)
-        atomic_write_text(tables_dir / f"speedup_{rule}.md", markdown_table(frame))
-        n = speed.loc[speed["rule"] == rule, "n_router"] if len(speed) else pd.Series(dtype=float)
+        n = speed.loc[speed["rule"] == rule, "n_router"]
         index.table(f"Speedup ({rule} rule)", f"{boot}; {rule} target; {crossing}; {_n_text(n)} "
-                    "(n = router seeds vs baseline seeds)", "speedup", markdown_table(frame))
+                    "(n = router seeds vs baseline seeds)", "speedup",
+                    write_markdown(_speedup_md(speed, rule), tables_dir, f"speedup_{rule}"))
 
     profile = convergence.performance_profile(medians)
-    write_table(profile, tables_dir, "profile")
-    report.tables["profile"] = tables_dir / "profile.csv"
+    table("profile", profile)
     profile_def = ("performance profile (AlgoPerf): per (workload, recipe, capacity) each router's median "
                    "time-to-target over the fastest router's (dense included; not reached or absent = inf); "
                    "rho(tau) = fraction of those workloads with ratio <= tau")
     index.table("Performance profile", f"{profile_def}; {_n_text(medians['n'])}", "profile",
-                markdown_table(_profile_md(profile)))
+                write_markdown(_profile_md(profile), tables_dir, "profile"))
 
     # ---- figures
     if options.figures:

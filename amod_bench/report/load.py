@@ -219,13 +219,13 @@ def _dedupe_by_step(records: list[dict], path: Path, log: list[str]) -> list[dic
     by_step: dict = {}
     unkeyed = []
     for r in records:
-        step = r.get("step")
-        if _finite(step):
-            if step in by_step:
-                _warn(log, f"{path}: step {step} logged more than once; the last record is used")
-            by_step[step] = r
+        if _finite(r.get("step")):
+            by_step[r["step"]] = r
         else:
             unkeyed.append(r)
+    repeated = len(records) - len(unkeyed) - len(by_step)
+    if repeated:
+        _warn(log, f"{path}: {repeated} eval(s) repeat an earlier step; the last record of each step is used")
     if unkeyed:
         _warn(log, f"{path}: {len(unkeyed)} eval(s) without a numeric 'step' kept in file order after the others")
     return [by_step[s] for s in sorted(by_step)] + unkeyed

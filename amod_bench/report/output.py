@@ -66,16 +66,18 @@ def markdown_table(df: pd.DataFrame, formats: dict[str, str] | None = None, defa
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def write_table(df: pd.DataFrame, folder: Path, name: str, *, formats: dict[str, str] | None = None,
-                md_columns: list[str] | None = None) -> tuple[Path, Path, str]:
-    """`<name>.csv` (all columns, full precision) and `<name>.md` (`md_columns`, formatted); returns both and the markdown."""
-    folder = Path(folder)
+def write_csv(df: pd.DataFrame, folder: Path, name: str) -> Path:
+    """`<name>.csv`: every column at full precision (inf as "inf", NaN empty)."""
     buf = io.StringIO()
     df.to_csv(buf, index=False, lineterminator="\n")
-    csv_path = atomic_write_text(folder / f"{name}.csv", buf.getvalue())
-    md = markdown_table(df[md_columns] if md_columns else df, formats)
-    md_path = atomic_write_text(folder / f"{name}.md", md)
-    return csv_path, md_path, md
+    return atomic_write_text(Path(folder) / f"{name}.csv", buf.getvalue())
+
+
+def write_markdown(df: pd.DataFrame, folder: Path, name: str, formats: dict[str, str] | None = None) -> str:
+    """`<name>.md`: `df` as a formatted markdown table; returns the markdown."""
+    md = markdown_table(df, formats)
+    atomic_write_text(Path(folder) / f"{name}.md", md)
+    return md
 
 
 def save_figure(fig, folder: Path, name: str, dpi: int = 100) -> list[Path]:
