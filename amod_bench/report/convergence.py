@@ -86,7 +86,8 @@ def median_low(values) -> float:
     seeds exactly half the dense seeds reach it, so the dense model's own
     median time-to-target would be infinite.
     """
-    v = np.sort(np.asarray(values, dtype=float)[np.isfinite(values)])
+    v = np.asarray(values, dtype=float)
+    v = np.sort(v[np.isfinite(v)])
     return float(v[(v.size - 1) // 2]) if v.size else np.nan
 
 

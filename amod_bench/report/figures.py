@@ -74,10 +74,9 @@ def label_order(frame: pd.DataFrame) -> list[str]:
 
 
 def _style_column(frame: pd.DataFrame) -> pd.Series:
-    """Line style key: what distinguishes variants of one router (router axes and recipe)."""
+    """Line style key: the router axes that tell variants of one router apart ("-" if none); recipes are rows."""
     extra = frame["router_label"].str.partition(" (")[2].str.rstrip(")")
-    style = extra.where(frame["recipe"] == "", extra + ", " + frame["recipe"]).str.strip(", ")
-    return style.where(style != "", "-")
+    return extra.where(extra != "", "-")
 
 
 def panel_labels(frame: pd.DataFrame) -> pd.Series:
@@ -97,8 +96,8 @@ def convergence_data(cells: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
     """Evals of the ok cells with grouping columns, dense rows repeated per capacity, aligned x columns.
 
     Seeds are aligned on epoch: at each (variant, epoch) the GMACs and seconds
-    x values are replaced by their mean over seeds, so seaborn averages
-    val_top1 across seeds at one x (wall-clock differs between seeds).
+    x values are replaced by their mean over seeds, so the mean val_top1 over
+    seeds sits at one x (wall-clock differs between seeds).
     """
     keys = ["suite", "cell", "variant", "workload", "recipe", "stage", "model", "dataset", "router",
             "router_label", "capacity", "seed"]

@@ -129,7 +129,7 @@ def keep_mask(indices: np.ndarray, grid: tuple[int, int], prefix_tokens: int = 1
 
 def routing_map_figure(samples: list[RoutingSample], title: str = ""):
     """Rows = router x image, columns = routed blocks; dropped patches dimmed."""
-    import matplotlib.pyplot as plt
+    from .figures import plt  # the report's matplotlib setup (Agg backend)
 
     blocks = sorted({b for s in samples for b in s.kept})
     n_images = min(s.images.shape[0] for s in samples)
