@@ -32,7 +32,6 @@ class CellProgress:
 class ProgressTable:
     cell_ids: list[str]
     epochs: dict[str, float]  # cell id -> planned epochs
-    out: object = sys.stdout
     table_every: float = 30.0  # seconds between tables when nothing changes status
     cells: dict[str, CellProgress] = field(init=False)
     _last_table: float = field(init=False, default=0.0)
@@ -41,7 +40,7 @@ class ProgressTable:
         self.cells = {cid: CellProgress(epochs=self.epochs[cid]) for cid in self.cell_ids}
 
     def _print(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        print(text, file=sys.stdout, flush=True)  # looked up now: Tune pickles callbacks, not streams
 
     def set_status(self, cell_id: str, status: str) -> None:
         cell = self.cells[cell_id]

@@ -35,9 +35,10 @@ from amod_bench.results import CellFiles, ResultsFolder
 RAY_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
 }
-# Only for the local instance this module starts: gloo's default interface lookup
-# can pick an address other processes on this host cannot reach.
-LOCAL_RAY_ENV = {"GLOO_SOCKET_IFNAME": "lo"}
+# Only for a local instance. Ray turns a node address of 127.0.0.1 into the machine's
+# routable address and listens there; with this flag off it keeps the node, and every
+# server of the instance, on the loopback address. gloo must then use loopback too.
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo"}
 DEPENDENCY_POLL_SECONDS = 1.0
 
 
@@ -62,10 +63,12 @@ def add_arguments(parser) -> None:
                         help="CPUs of the local Ray instance (default: all)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a suite field, e.g. --set defaults.recipe.epochs=2")
+    parser.add_argument("--no-report", action="store_true",
+                        help="skip writing the report (results/<suite>/report/) at the end")
 
 
 def main(args) -> int:
-    from amod_bench.suite import SuiteError
+    from amod_bench.suite import SuiteError, load_suite
 
     try:
         statuses = run_suite(args.suite, address=args.address, cell_filter=args.filter,
@@ -75,6 +78,11 @@ def main(args) -> int:
     except (SuiteError, RunError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if not (args.dry_run or args.no_report):
+        from amod_bench.report.build import ReportOptions, build_report
+
+        report = build_report([load_suite(args.suite, overrides=args.set).output], None, ReportOptions())
+        print(f"report: {report.out}/index.md")
     return 0 if all(s in ("done", "skipped") for s in statuses.values()) or args.dry_run else 1
 
 
@@ -120,6 +128,16 @@ def choose_cells(cells, results: ResultsFolder, *, cell_filter, fresh, retry_fai
 
 # --------------------------------------------------------------------------- Ray connection
 
+def loopback_only() -> None:
+    """Keep a local Ray instance on 127.0.0.1: the processes ray.init starts read the
+    environment, and this driver must resolve its own node address the same way (Ray read
+    the flag when it was imported, perhaps before this call)."""
+    from ray._private import ray_constants
+
+    os.environ.update(LOCAL_RAY_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def ray_env(local: bool, extra: dict | None = None) -> dict:
     """Environment variables for every Ray process this suite starts."""
     return {**RAY_ENV, **(LOCAL_RAY_ENV if local else {}), **(extra or {})}
@@ -137,6 +155,7 @@ def ray_session(address: str | None, num_cpus: int | None, worker_env: dict | No
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
     else:
+        loopback_only()
         ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
                  runtime_env={"env_vars": env}, log_to_driver=False)
     try:
@@ -363,8 +382,7 @@ def _callback_class():
 # --------------------------------------------------------------------------- the suite
 
 def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, fresh=False,
-              retry_failed=False, dry_run=False, num_cpus=None, overrides=(), worker_env=None,
-              out=sys.stdout) -> dict[str, str]:
+              retry_failed=False, dry_run=False, num_cpus=None, overrides=(), worker_env=None) -> dict[str, str]:
     """Run every unfinished cell of a suite; returns {cell id: final status} for the selected cells."""
     from amod_bench.costs import cell_costs
     from amod_bench.data import missing_dataset_message
@@ -380,12 +398,12 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
         raise RunError(message)
 
     print(f"suite {suite.name}: {len(cells)} cells, {len(to_run)} to run, {len(skipped)} skipped "
-          f"-> {results.root}", file=out)
+          f"-> {results.root}")
     for cell_id, why in skipped.items():
-        print(f"  skip {cell_id}: {why}", file=out)
+        print(f"  skip {cell_id}: {why}")
     if dry_run or not to_run:
         for cell in to_run:
-            print(f"  would run {cell.id}", file=out)
+            print(f"  would run {cell.id}")
         return {**{c.id: "pending" for c in to_run}, **{cid: "skipped" for cid in skipped}}
 
     for cell in to_run:
@@ -399,7 +417,7 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
 
     from ray import tune
 
-    progress = ProgressTable([c.id for c in to_run], {c.id: c.config["epochs"] for c in to_run}, out=out)
+    progress = ProgressTable([c.id for c in to_run], {c.id: c.config["epochs"] for c in to_run})
     started = time.monotonic()
     with ray_session(address, num_cpus, worker_env):
         import ray
@@ -408,7 +426,7 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
                     if cid not in {x.id for x in to_run}}
         board = _remote_board().remote(finished)
         concurrency = _concurrency(to_run, suite.max_concurrent, max_concurrent)
-        print(f"running {len(to_run)} cells, {concurrency} at a time", file=out)
+        print(f"running {len(to_run)} cells, {concurrency} at a time")
         trainable = tune.with_resources(
             tune.with_parameters(run_cell, cells={c.id: c for c in to_run}, board=board,
                                  storage=suite.storage, worker_env=worker_env or {}),
@@ -433,11 +451,11 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
     counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
     print(f"finished in {time.monotonic() - started:.0f}s: "
           + ", ".join(f"{n} {s}" for s, n in counts.items())
-          + (f", {len(skipped)} skipped" if skipped else ""), file=out)
+          + (f", {len(skipped)} skipped" if skipped else ""))
     for cid, status in statuses.items():
         if status != "done":
             summary = results.cell(cid).read_summary() or {}
-            print(f"  {status}: {cid} {summary.get('error') or ''}", file=out)
+            print(f"  {status}: {cid} {summary.get('error') or ''}")
     return {**statuses, **{cid: "skipped" for cid in skipped}}
 
 

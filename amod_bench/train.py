@@ -55,6 +55,9 @@ def evaluate(model, loader, device, autocast) -> dict:
     model.eval()
     totals = torch.zeros(5, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, n, skipped
     for images, labels, skipped in loader:
+        if labels.numel() == 0:  # a loader worker whose samples were all skipped reports only the count
+            totals[4] += float(skipped)
+            continue
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast:
             logits = model(images)

@@ -2,8 +2,6 @@
 this machine with `ray.cluster_utils.Cluster` (every node on 127.0.0.1)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 
@@ -13,9 +11,9 @@ def ray_cluster(tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
-    from amod_bench.runner import ray_env
+    from amod_bench.runner import loopback_only, ray_env
 
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    loopback_only()  # every node on 127.0.0.1, as a local instance of bench.py
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1",
                                       "include_dashboard": False})

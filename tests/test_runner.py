@@ -1,0 +1,179 @@
+"""The runner on a real Ray cluster: two simulated nodes on 127.0.0.1 (conftest.ray_cluster),
+real TorchTrainers, real bundled data. Each test has a timeout: a worker group that cannot be
+placed waits forever."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from amod_bench.results import ResultsFolder
+from amod_bench.runner import run_suite
+from amod_bench.suite import expand, load_suite
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_suite(folder: Path, name: str, stages: str, *, recipe: str = "",
+                resources: str = "workers: 1, cpus_per_worker: 1, max_failures: 1",
+                max_concurrent: int = 2) -> Path:
+    """A suite of the smallest preset on bundled digits: 20 steps per epoch at batch 64."""
+    path = folder / f"{name}.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: {name}
+        output: {folder / 'results' / name}
+        max_concurrent: {max_concurrent}
+        defaults:
+          grid: {{model: vit_nano_patch7_28, dataset: "bundled:digits", seed: 0}}
+          recipe: {{optimizer: adamw, lr: 0.003, epochs: 1, batch_size: 64,
+                    warmup_epochs: 0, augment: {{hflip: false}}, {recipe or "eval_every: 0.5"}}}
+          resources: {{{resources}}}
+        stages:
+        """) + textwrap.indent(textwrap.dedent(stages), "  "))
+    return path
+
+
+def cells_of(path: Path):
+    suite = load_suite(path)
+    return ResultsFolder(suite.output), expand(suite)
+
+
+def test_two_node_ddp_cell_keeps_ranks_identical(ray_cluster, tmp_path):
+    # Each node has 2 CPUs and each worker asks for 2, so the two DDP ranks sit on different nodes.
+    path = write_suite(tmp_path, "ddp", """\
+        - name: main
+          grid: {router: amod, capacity: 0.5}
+        """, resources="workers: 2, cpus_per_worker: 2, max_failures: 1")
+    statuses = run_suite(path)
+    results, (cell,) = cells_of(path)
+    assert statuses == {cell.id: "done"}
+    summary = results.cell(cell.id).read_summary()
+    assert summary["hardware"]["workers"] == 2
+    first, second = summary["rank_checksums"]
+    assert first == second
+    rows = results.cell(cell.id).read_metrics()
+    assert [r["step"] for r in rows] == [0, 10, 20]
+    assert rows[-1]["samples"] == 20 * 64
+    assert rows[-1]["train_macs"] == 20 * 64 * cell_config(results, cell.id)["train_macs_per_sample"]
+    assert all(0 <= r["val_top1"] <= 100 for r in rows)
+
+
+def cell_config(results: ResultsFolder, cell_id: str) -> dict:
+    return json.loads(results.cell(cell_id).config.read_text())
+
+
+def test_killed_worker_resumes_from_checkpoint_without_gaps(ray_cluster, tmp_path):
+    marker = tmp_path / "killed"
+    path = write_suite(tmp_path, "fault", """\
+        - name: main
+          grid: {router: mod, capacity: 0.5}
+        """, recipe="eval_every: 0.25", resources="workers: 2, cpus_per_worker: 1, max_failures: 2")
+    statuses = run_suite(path, worker_env={"AMOD_BENCH_TEST_KILL_AT_STEP": f"12:{marker}"})
+    results, (cell,) = cells_of(path)
+    assert marker.exists(), "the fault hook never fired"
+    assert statuses[cell.id] == "done"
+    steps = [r["step"] for r in results.cell(cell.id).read_metrics()]
+    assert steps == [0, 5, 10, 15, 20]  # evals every 5 steps; the kill at 12 resumed from step 10
+
+
+def test_diverging_cell_is_flagged_while_its_sibling_finishes(ray_cluster, tmp_path):
+    path = write_suite(tmp_path, "diverge", """\
+        - name: main
+          grid: {router: dense, optimizer: sgd, lr: [0.01, 1.0e+12]}
+        """)
+    statuses = run_suite(path)
+    results, cells = cells_of(path)
+    by_lr = {c.config["lr"]: c.id for c in cells}
+    assert statuses[by_lr[0.01]] == "done"
+    assert statuses[by_lr[1e12]] == "diverged"
+    diverged = results.cell(by_lr[1e12]).read_summary()
+    assert diverged["diverged_at_step"] is not None
+    index = json.loads((results.root / "index.json").read_text())
+    assert {c["id"]: c["status"] for c in index["cells"]} == statuses
+
+
+def test_same_cell_twice_gives_identical_metrics(ray_cluster, tmp_path):
+    stages = """\
+        - name: main
+          grid: {router: random, capacity: 0.5}
+        """
+    histories = []
+    for run in ("a", "b"):
+        folder = tmp_path / run
+        folder.mkdir()
+        path = write_suite(folder, "determinism", stages)
+        run_suite(path)
+        results, (cell,) = cells_of(path)
+        histories.append([{k: v for k, v in r.items() if k != "train_seconds"}
+                          for r in results.cell(cell.id).read_metrics()])
+    assert histories[0] == histories[1]
+    assert len(histories[0]) == 3
+
+
+def test_init_from_an_earlier_stage_starts_from_its_checkpoint(ray_cluster, tmp_path):
+    path = write_suite(tmp_path, "chain", """\
+        - name: pretrain
+          grid: {router: dense}
+        - name: finetune
+          init_from: pretrain
+          grid: {router: [amod, mod_tanh], capacity: 1.0}
+          recipe: {epochs: 0.5, eval_every: 0.5}
+        """)
+    statuses = run_suite(path)
+    results, cells = cells_of(path)
+    assert set(statuses.values()) == {"done"}
+    pretrain = next(c for c in cells if c.stage == "pretrain")
+    pretrained_rows = results.cell(pretrain.id).read_metrics()
+    for cell in cells:
+        if cell.stage != "finetune":
+            continue
+        config = cell_config(results, cell.id)
+        assert config["init_weights"].startswith(results.cell(pretrain.id).read_summary()["checkpoint"])
+        # At capacity 1.0 A-MoD and zero-init mod_tanh are the dense model: their step-0 accuracy
+        # is the pretrained model's final accuracy.
+        start = results.cell(cell.id).read_metrics()[0]
+        assert start["step"] == 0
+        assert start["val_top1"] == pytest.approx(pretrained_rows[-1]["val_top1"])
+
+
+def test_interrupted_suite_reruns_only_unfinished_cells(ray_cluster, tmp_path):
+    path = write_suite(tmp_path, "resume", """\
+        - name: main
+          grid: {router: [dense, amod, mod], capacity: 0.5}
+        """, max_concurrent=1)
+    results, cells = cells_of(path)
+    first = cells[0]
+    proc = subprocess.Popen([sys.executable, "bench.py", "run", str(path), "--address", ray_cluster.address],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while results.cell(first.id).status() != "done":
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as a user would
+    proc.wait(timeout=120)
+    unfinished = [c.id for c in cells if results.cell(c.id).status() != "done"]
+    assert unfinished, "interrupt came too late: every cell had finished"
+
+    done_files = results.cell(first.id)
+    before = (done_files.summary.stat().st_mtime_ns, done_files.metrics.stat().st_mtime_ns,
+              len(done_files.read_metrics()))
+    statuses = run_suite(path)
+    assert statuses[first.id] == "skipped"
+    assert all(statuses[cid] == "done" for cid in unfinished)
+    after = (done_files.summary.stat().st_mtime_ns, done_files.metrics.stat().st_mtime_ns,
+             len(done_files.read_metrics()))
+    assert after == before
+    for cid in unfinished:
+        steps = [r["step"] for r in results.cell(cid).read_metrics()]
+        assert steps == sorted(set(steps)) and steps[-1] == 20
