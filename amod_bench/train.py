@@ -179,7 +179,7 @@ def train_loop_per_worker(config: dict) -> None:
     optimizer = build_optimizer(model, config)
 
     # ---- resume after a worker failure or an interrupted suite
-    state = {"step": 0, "samples": 0, "train_seconds": 0.0, "train_macs": 0, "skipped": 0}
+    state = {"step": 0, "samples": 0, "train_seconds": 0.0, "eval_seconds": 0.0, "train_macs": 0, "skipped": 0}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -195,6 +195,7 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report({"row": row})
 
     def eval_row(train_loss: float) -> dict:
+        tic_eval = time.perf_counter()
         row = {"step": state["step"], "epoch": state["step"] / steps_per_epoch,
                "samples": state["samples"], "train_macs": state["train_macs"],
                "train_seconds": state["train_seconds"], "skipped": state["skipped"],
@@ -207,6 +208,8 @@ def train_loop_per_worker(config: dict) -> None:
         row["skipped"] = int(train_skipped.item()) + row.pop("val_skipped")
         if state["step"] == total_steps:  # proof that DDP kept every rank's weights identical
             row["rank_checksums"] = _rank_checksums(model, world_size)
+        state["eval_seconds"] += time.perf_counter() - tic_eval
+        row["eval_seconds"] = state["eval_seconds"]
         return row
 
     if state["step"] == 0:  # the step-0 row shows how much a routed model keeps of its starting point
