@@ -79,7 +79,8 @@ def metrics_of(c: Cell) -> list[dict]:
             top1 = None  # the results writer stores non-finite numbers as null
         rows.append({
             "step": c.steps_per_epoch * e, "epoch": float(e), "samples": 64 * c.steps_per_epoch * e,
-            "train_macs": macs_per_epoch * e, "train_seconds": c.seconds_per_epoch * e, "lr": 1e-4,
+            "train_macs": macs_per_epoch * e, "train_seconds": c.seconds_per_epoch * e, "eval_seconds": 0.5 * e,
+            "lr": 1e-4, "grad_norm": 1.0 / e,
             "train_loss": 2.0 / e, "val_top1": top1, "val_top5": None if top1 is None else min(100.0, top1 + 15.0),
             "val_loss": 1.0 / e, "skipped": 0,
         })

@@ -14,7 +14,8 @@ def test_frames_have_one_row_per_cell_and_per_eval(tmp_path):
     assert len(res.cells) == 15 and res.cells["ok"].all()
     assert len(res.evals) == 15 * 10
     assert res.evals.groupby(["suite", "cell"]).size().eq(10).all()
-    assert {"epoch", "step", "train_macs", "train_seconds", "val_top1"} <= set(res.evals.columns)
+    assert {"epoch", "step", "train_macs", "train_seconds", "eval_seconds", "val_top1"} <= set(res.evals.columns)
+    assert res.evals["grad_norm"].iloc[0] == 1.0  # a numeric key outside the contract is kept, not dropped
     dense = res.cells[res.cells["router"] == "dense"].iloc[0]
     assert dense["best_top1"] == 80.0 and dense["target_within_peak_pct"] == 2.0
     assert dense["gmacs"] == 1.25 and np.isnan(dense["capacity"])

@@ -149,7 +149,7 @@ def _flagged(cells: pd.DataFrame) -> pd.DataFrame:
 def _cells_table(cells: pd.DataFrame) -> pd.DataFrame:
     cols = ["suite", "cell", "stage", "model", "dataset", "router", "router_label", "capacity", "recipe", "seed",
             "status", "ok", "flag", "reason", "best_top1", "best_top5", "best_epoch", "final_top1", "final_top5",
-            "gmacs", "n_evals", "bad_lines", "checkpoint"]
+            "gmacs", "total_train_seconds", "total_wall_seconds", "n_evals", "bad_lines", "checkpoint"]
     return cells[[c for c in cols if c in cells]].sort_values(["suite", "cell"], kind="stable").reset_index(drop=True)
 
 

@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 
 UNITS = ("epoch", "step", "train_macs", "train_seconds")  # the four time-to-target units
-METRIC_KEYS = (
-    "step", "epoch", "samples", "train_macs", "train_seconds", "lr",
+METRIC_KEYS = (  # always present in `evals`; other numeric keys of metrics.jsonl are kept as well
+    "step", "epoch", "samples", "train_macs", "train_seconds", "eval_seconds", "lr",
     "train_loss", "val_top1", "val_top5", "val_loss", "skipped",
 )
 # summary.json key -> cells column (totals renamed so they never clash with eval columns)
@@ -44,9 +44,9 @@ SUMMARY_COLUMNS = {
     "status": "status", "best_top1": "best_top1", "best_top5": "best_top5",
     "best_epoch": "best_epoch", "final_top1": "final_top1", "final_top5": "final_top5",
     "train_seconds": "total_train_seconds", "train_macs": "total_train_macs",
+    "eval_seconds": "total_eval_seconds", "wall_seconds": "total_wall_seconds",
     "checkpoint": "checkpoint", "error": "error", "git_commit": "git_commit",
 }
-STATUSES = ("done", "failed", "diverged", "running")
 
 
 class ReportWarning(UserWarning):
@@ -192,7 +192,9 @@ def _load_cell(cell_dir: Path, suite: str, index_entry: dict, log: list[str]) ->
     metrics_path = cell_dir / "metrics.jsonl"
     records, bad = read_metrics(metrics_path, log) if metrics_path.is_file() else ([], 0)
     records = _dedupe_by_step(records, metrics_path, log)
-    evals = [{"suite": suite, "cell": row["cell"], **{k: r.get(k) for k in METRIC_KEYS}} for r in records]
+    evals = [{"suite": suite, "cell": row["cell"], **{k: r.get(k) for k in METRIC_KEYS},
+              **{k: v for k, v in r.items() if k not in METRIC_KEYS and isinstance(v, (int, float))}}
+             for r in records]
     tops = [r.get("val_top1") for r in records]
     finite = [(t, i) for i, t in enumerate(tops) if _finite(t)]
     # best/final from summary.json; from the metrics only where the summary has none
@@ -301,8 +303,9 @@ def load_results(folders) -> Results:
     cells["ok"] = cells["ok"].astype(bool)
     cells = cells.sort_values(["suite", "cell"], kind="stable").reset_index(drop=True)
 
-    evals = pd.DataFrame(eval_rows, columns=["suite", "cell", *METRIC_KEYS])
-    for column in METRIC_KEYS:
+    extra = sorted({k for row in eval_rows for k in row} - {"suite", "cell", *METRIC_KEYS})
+    evals = pd.DataFrame(eval_rows, columns=["suite", "cell", *METRIC_KEYS, *extra])
+    for column in (*METRIC_KEYS, *extra):
         evals[column] = pd.to_numeric(evals[column], errors="coerce").astype(float)
     evals["eval"] = evals.groupby(["suite", "cell"], sort=False).cumcount().astype(int)
     evals = evals.replace([np.inf, -np.inf], np.nan)
