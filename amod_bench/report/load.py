@@ -184,7 +184,7 @@ def _load_cell(cell_dir: Path, suite: str, index_entry: dict, log: list[str]) ->
     row["status"] = index_entry.get("status") if summary is None else summary.get("status")
     for key, column in SUMMARY_COLUMNS.items():
         if summary is not None and key in summary and key != "status":
-            row[column] = _flat_value(summary[key]) if key != "checkpoint" else summary[key]
+            row[column] = _flat_value(summary[key])
     for key in ("params", "gmacs", "seed"):  # config first, the summary only fills gaps
         if row.get(key) is None and summary is not None:
             row[key] = summary.get(key)
