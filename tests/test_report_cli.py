@@ -105,7 +105,7 @@ def test_regenerating_gives_identical_tables_and_index(flagged_suite, tmp_path):
     build_report([flagged_suite[0]], out, options, log=lambda m: None)
     assert snapshot(out) == before
     assert sorted(before) == sorted([*TABLE_FILES, "index.md"])
-    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]  # no temporary files left behind
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # no temporary files left behind
 
 
 def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):

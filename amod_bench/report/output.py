@@ -10,30 +10,12 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+from amod_bench.results import write_bytes_atomic as atomic_write_bytes
+from amod_bench.results import write_text_atomic as atomic_write_text
 
 
 def format_value(value, spec: str = ".4g") -> str:
