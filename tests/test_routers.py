@@ -214,3 +214,54 @@ def test_attention_scores_carry_no_gradient(impl):
     q, k, v = (torch.randn(1, 2, 9, 4, requires_grad=True) for _ in range(3))
     out, stat = received_attention(q, k, v, impl=impl)
     assert out.requires_grad and not stat.requires_grad
+
+
+# ---- explicit path: written-out softmax forward, fused backward, no N x N map kept
+
+
+def _sdpa_grads(q, k, v, grad):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    return (out, *torch.autograd.grad(out, (q, k, v), grad))
+
+
+@pytest.mark.parametrize("stat", ["received", "cls"])
+@pytest.mark.parametrize("B,H,N,dh,chunk", SIZES)
+def test_explicit_path_has_sdpa_gradients_and_keeps_no_attention_map(B, H, N, dh, chunk, stat):
+    g = torch.Generator().manual_seed(N + 2)
+    qkv = torch.randn(B, N, 3, H, dh, generator=g, requires_grad=True)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided views, as in timm's Attention
+    grad = torch.randn(B, H, N, dh, generator=g)
+    fn = received_attention if stat == "received" else cls_attention
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        out, score = fn(q, k, v, impl="explicit", chunk_size=chunk)
+    assert all(shape[-2:] != (N, N) for shape in saved)  # only q, k, v, out, lse: as SDPA
+    out_ref, *grads_ref = _sdpa_grads(q, k, v, grad)
+    torch.testing.assert_close(out, out_ref, rtol=1e-4, atol=1e-5)
+    for got, want in zip(torch.autograd.grad(out, (q, k, v), grad), grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    probs = _reference_probs(q, k)
+    torch.testing.assert_close(score, probs.mean(dim=(1, 2)) if stat == "received" else probs[:, :, 0].mean(1),
+                               rtol=0, atol=1e-6)
+
+
+def test_explicit_path_recompute_backward_off_cpu_matches(monkeypatch):
+    """Devices without the CPU flash backward recompute SDPA in backward; same gradients."""
+    from amod_bench.routers import attention_stats
+    monkeypatch.setattr(attention_stats, "_CPU_FLASH_DTYPES", ())
+    q, k, v = (torch.randn(2, 3, 33, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    grad = torch.randn(2, 3, 33, 8)
+    q2, k2, v2 = (t.clone().requires_grad_() for t in (q, k, v))
+    out, _ = received_attention(q2, k2, v2, impl="explicit", chunk_size=16)
+    out_ref, *grads_ref = _sdpa_grads(q, k, v, grad)
+    for got, want in zip(torch.autograd.grad(out, (q2, k2, v2), grad), grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_explicit_path_with_attention_dropout_still_scores_before_dropout():
+    q, k, v = (torch.randn(2, 3, 17, 8, requires_grad=True) for _ in range(3))
+    out, score = received_attention(q, k, v, dropout_p=0.5, impl="explicit")
+    torch.testing.assert_close(score, _reference_probs(q, k).mean(dim=(1, 2)), rtol=0, atol=1e-6)
+    out.sum().backward()
+    assert q.grad is not None and not score.requires_grad

@@ -2,6 +2,13 @@
 
 No loop over images or tokens, and k depends only on N and C, so the routed
 block traces to one static graph under torch.compile.
+
+Gather and scatter index rows of the batch flattened to (B*N, D):
+`index_select` / `index_copy` move whole contiguous rows of D values, where
+`gather` / `scatter` along dim 1 with an index expanded to (B, k, D) address
+every element (dev CPU, 1 thread, B=8, N=197, D=384, fwd+bwd of gather ->
+x*2 -> scatter: 3.1 ms vs 5.4 ms at k=24, 4.6 ms vs 10.5 ms at k=98; x*2 alone
+is ~1.1 ms).
 """
 from __future__ import annotations
 
@@ -26,11 +33,20 @@ def select_tokens(scores: torch.Tensor, k: int, keep_cls: bool = False) -> torch
     return idx.sort(dim=1).values
 
 
+def _flat_rows(idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """(B, k) token indices -> (B*k,) row indices into the batch flattened to (B*N, D)."""
+    offsets = torch.arange(idx.shape[0], device=idx.device, dtype=idx.dtype).unsqueeze(1) * num_tokens
+    return (idx + offsets).reshape(-1)
+
+
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """(B, N, D), (B, k) -> (B, k, D)."""
-    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    B, N, D = x.shape
+    return x.reshape(B * N, D).index_select(0, _flat_rows(idx, N)).view(B, idx.shape[1], D)
 
 
 def scatter_tokens(x: torch.Tensor, idx: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """Copy of x (B, N, D) with rows idx (B, k) replaced by kept (B, k, D); other rows untouched."""
-    return x.scatter(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]), kept)
+    B, N, D = x.shape
+    rows = kept.reshape(B * idx.shape[1], D)
+    return x.reshape(B * N, D).index_copy(0, _flat_rows(idx, N), rows).view(B, N, D)
