@@ -39,6 +39,28 @@ def _curves(ax):
     return [line for line in ax.lines if line.get_gid() is None and len(line.get_xdata()) > 1]
 
 
+def _title(model, cap, stage="finetune", dataset="digits"):
+    return f"{stage} · {model} · {dataset}\nC = {cap:g}"
+
+
+def _assert_no_empty_axes(fig, expected):
+    """Exactly `expected` visible axes, each with data drawn on it (no empty facet)."""
+    visible = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert len(visible) == expected
+    for ax in visible:
+        assert ax.has_data(), f"empty facet {ax.get_title()!r}"
+        assert _curves(ax) or ax.collections or ax.patches, f"nothing drawn in {ax.get_title()!r}"
+
+
+def _titles_do_not_overlap(fig):
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), "facet titles overlap"
+
+
 @pytest.mark.parametrize("x", ["epoch", "gmacs", "seconds"])
 def test_convergence_facets_lines_bands_and_target(frames, x):
     cells, res, _ = frames
@@ -46,9 +68,12 @@ def test_convergence_facets_lines_bands_and_target(frames, x):
     grid = figures.convergence_figure(data, convergence.common_targets(cells), x)
     try:
         axes = list(grid.axes.flat)
-        assert len(axes) == len(MODELS) * len(CAPS)
+        combos = data[["stage", "model", "dataset", "recipe", "capacity"]].drop_duplicates()
+        assert len(axes) == len(combos) == len(MODELS) * len(CAPS)
+        _assert_no_empty_axes(grid.figure, len(combos))
+        _titles_do_not_overlap(grid.figure)
         titles = sorted(ax.get_title() for ax in axes)
-        assert titles == sorted(f"{m} / digits | C = {c:g}" for m in MODELS for c in CAPS)
+        assert titles == sorted(_title(m, c) for m in MODELS for c in CAPS)
         for ax in axes:
             curves = _curves(ax)
             assert len(curves) == 3  # dense (repeated in every capacity column), mod, amod
@@ -68,7 +93,7 @@ def test_convergence_mean_over_seeds(frames):
     data = figures.convergence_data(cells, res.evals)
     grid = figures.convergence_figure(data, convergence.common_targets(cells), "epoch")
     try:
-        ax = grid.axes_dict[("vit_a / digits", "0.5")]
+        ax = grid.axes_dict[_title("vit_a", 0.5)]
         amod = [line for line in _curves(ax)
                 if matplotlib.colors.to_hex(line.get_color()) == figures.ROUTER_COLORS["amod"]][0]
         # seeds plateau at 80 and 81: the mean curve ends at 80.5
@@ -78,12 +103,42 @@ def test_convergence_mean_over_seeds(frames):
         figures.close(grid)
 
 
+def test_convergence_facets_only_existing_combinations(tmp_path):
+    """A dense-only pretraining workload next to a routed fine-tuning one: one facet per existing
+    (stage, model, dataset, capacity), at most 3 columns, dense repeated only in the routed capacities."""
+    cells = [Cell("dense", None, s, [(0, 10.0), (10, 90.0)], stage="pretrain", dataset="mnist") for s in (0, 1)]
+    for s in (0, 1):
+        cells.append(Cell("dense", None, s, [(0, 20.0), (6, 80.0), (10, 80.0)]))
+        for cap in (0.125, 0.25, 0.5):
+            cells.append(Cell("mod", cap, s, [(0, 20.0), (4, 80.0), (10, 80.0)]))
+    res = load_results(write_suite(tmp_path, "mixed", cells))
+    frame, _, _ = add_variant_columns(res.cells, res.config_keys)
+    data = figures.convergence_data(frame, res.evals)
+    for x in ("epoch", "gmacs", "seconds"):
+        grid = figures.convergence_figure(data, convergence.common_targets(frame), x)
+        try:
+            expected = {_title("vit_tiny", c) for c in (0.125, 0.25, 0.5)} | {
+                _title("vit_tiny", 1, stage="pretrain", dataset="mnist")}
+            assert set(grid.axes_dict) == expected
+            assert len(grid.axes.flat) == 4 and grid._ncol == 3  # wrapped at 3 columns, no padding axes
+            _assert_no_empty_axes(grid.figure, 4)
+            _titles_do_not_overlap(grid.figure)
+            for title, ax in grid.axes_dict.items():
+                colors = {matplotlib.colors.to_hex(line.get_color()) for line in _curves(ax)}
+                routers = {"dense"} if title.startswith("pretrain") else {"dense", "mod"}
+                assert colors == {figures.ROUTER_COLORS[r] for r in routers}
+        finally:
+            figures.close(grid)
+
+
 def test_isoflop_figure_has_points_error_bars_and_pareto(frames):
     cells = frames[0]
     fig = figures.isoflop_figure(accuracy_table(cells, "best"))
     try:
         axes = [ax for ax in fig.axes if ax.get_title()]
         assert sorted(ax.get_title() for ax in axes) == [f"{m} / digits" for m in MODELS]
+        _assert_no_empty_axes(fig, len(MODELS))
+        _titles_do_not_overlap(fig)
         for ax in axes:
             points = ax.collections[0].get_offsets()
             assert len(points) == 1 + len(CAPS) * 2  # dense + (mod, amod) per capacity
@@ -110,6 +165,11 @@ def test_speedup_and_profile_figures(frames):
     try:
         axes = list(grid.axes.flat)
         assert len(axes) == 4 * 2  # units x rules
+        _assert_no_empty_axes(grid.figure, 4 * 2)
+        grid.figure.canvas.draw()
+        renderer = grid.figure.canvas.get_renderer()
+        ticks = [t.get_window_extent(renderer) for t in axes[-1].get_xticklabels()]
+        assert ticks and not any(a.overlaps(b) for a, b in zip(ticks, ticks[1:])), "x tick labels overlap"
         assert {ax.get_title() for ax in axes} >= {"epochs | peak target", "wall-clock seconds | common target"}
         for ax in axes:
             assert [line.get_gid() for line in ax.lines].count("parity") == 1
@@ -127,6 +187,7 @@ def test_speedup_and_profile_figures(frames):
     try:
         axes = list(grid.axes.flat)
         assert [ax.get_title() for ax in axes] == ["epoch", "step", "train_macs", "train_seconds"]
+        _assert_no_empty_axes(grid.figure, 4)
         for ax in axes:
             assert len(_curves(ax)) == 3 * 2  # routers x target rules
     finally:

@@ -1,8 +1,9 @@
 """Report figures, seaborn over matplotlib. Each function returns the figure (or FacetGrid) unsaved.
 
 * `convergence_figure`: val top-1 vs epochs / training GMACs / wall-clock,
-  rows = workload (+ recipe), columns = capacity; mean over seeds with a 95%
-  Student-t band; the common target as a dotted horizontal line (gid "target").
+  one facet per (stage, model, dataset, recipe, capacity) that has curves,
+  wrapped at 3 columns; mean over seeds with a 95% Student-t band; the common
+  target as a dotted horizontal line (gid "target").
 * `isoflop_figure`: best top-1 vs inference GMACs per image, one marker per
   router (color) and capacity (marker), 95% t error bars over seeds, the Pareto
   frontier as a dashed step line (gid "pareto").
@@ -13,7 +14,8 @@
   line style = target rule.
 
 Colors are fixed per router (`ROUTER_COLORS`) across all figures. Dense
-curves and points are repeated in every capacity column they are compared in.
+curves and points are repeated in every capacity facet they are compared in;
+a workload with dense only (e.g. pretraining) gets a single dense facet.
 """
 from __future__ import annotations
 
@@ -92,6 +94,28 @@ def _cap_label(c: float) -> str:
     return f"{c:g}"
 
 
+def wrap_parts(parts, width: int = 48, sep: str = " · ") -> str:
+    """Join title parts with `sep`, breaking onto a new line (at a separator) before `width` characters."""
+    lines, line = [], ""
+    for part in parts:
+        if line and len(line) + len(sep) + len(part) > width:
+            lines.append(line)
+            line = part
+        else:
+            line = part if not line else line + sep + part
+    return "\n".join(lines + [line])
+
+
+def facet_titles(frame: pd.DataFrame) -> pd.Series:
+    """Convergence facet key and title: "stage · model · dataset[ · recipe]" over "C = x" (wrapped to fit)."""
+    rows = frame[["stage", "model", "dataset", "recipe", "capacity"]].drop_duplicates()
+    titles = {
+        key: wrap_parts([str(v) for v in key[:3]] + ([key[3]] if key[3] else [])) + "\nC = " + _cap_label(key[4])
+        for key in rows.itertuples(index=False, name=None)}
+    keys = frame[["stage", "model", "dataset", "recipe", "capacity"]].itertuples(index=False, name=None)
+    return pd.Series([titles[k] for k in keys], index=frame.index, dtype=object)
+
+
 def convergence_data(cells: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
     """Evals of the ok cells with grouping columns, dense rows repeated per capacity, aligned x columns.
 
@@ -116,13 +140,14 @@ def convergence_data(cells: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
     data = pd.concat(parts, ignore_index=True)
     data["panel"] = panel_labels(data)
     data["cap"] = data["capacity"].map(_cap_label)
+    data["facet"] = facet_titles(data)
     data["style"] = _style_column(data)
     return data
 
 
 def _curves(data: pd.DataFrame, column: str, level: float) -> pd.DataFrame:
     """Mean over seeds at each (facet, router, style, eval) with its t interval (`low`, `high`)."""
-    keys = ["panel", "cap", "capacity", "router", "style", "epoch_key"]
+    keys = ["facet", "panel", "cap", "capacity", "router", "style", "epoch_key"]
     agg = data.groupby(keys, sort=True).agg(x=(column, "mean"), val_top1=("val_top1", "mean"),
                                             std=("val_top1", "std"), n=("val_top1", "size")).reset_index()
     half = t_halfwidth(agg["std"], agg["n"], level)
@@ -131,9 +156,9 @@ def _curves(data: pd.DataFrame, column: str, level: float) -> pd.DataFrame:
 
 def _bands(grid, curves: pd.DataFrame, x: str) -> None:
     """The CI band of each curve, in its router's color (straight onto the facets: no extra grid layout pass)."""
-    for (panel, cap, router, _style), curve in curves.groupby(["panel", "cap", "router", "style"], sort=True):
+    for (facet, router, _style), curve in curves.groupby(["facet", "router", "style"], sort=True):
         if curve["low"].notna().any():
-            grid.axes_dict[(panel, cap)].fill_between(curve[x], curve["low"], curve["high"], alpha=0.2, linewidth=0,
+            grid.axes_dict[facet].fill_between(curve[x], curve["low"], curve["high"], alpha=0.2, linewidth=0,
                                                       color=router_color(router), gid="band")
 
 
@@ -154,42 +179,58 @@ def _legend_right(grid) -> None:
     grid.legend.set_bbox_to_anchor((width / (width + legend_width), 0.5), transform=fig.transFigure)
 
 
-def _suptitle(fig, text: str) -> None:
-    """A title above the facets, inside the figure (so no tight bbox is needed when saving)."""
+def _suptitle(fig, text: str, title_lines: int = 1) -> None:
+    """A title above the facets (whose titles have up to `title_lines` lines), inside the figure."""
     height = fig.get_figheight()
-    fig.subplots_adjust(top=1 - 0.55 / height)
+    fig.subplots_adjust(top=1 - (0.55 + 0.17 * (title_lines - 1)) / height)
     fig.suptitle(text, x=(fig.subplotpars.left + fig.subplotpars.right) / 2, y=1 - 0.1 / height, va="top")
 
 
 def convergence_figure(data: pd.DataFrame, targets: pd.DataFrame, x: str = "epoch", level: float = 0.95):
     """FacetGrid of val top-1 curves; `data` from `convergence_data`, `targets` from `common_targets`.
 
-    The mean and t band are computed here (vectorised) and drawn by seaborn
-    (lines) and fill_between (bands), one line per (router, style) and facet.
+    One facet per (stage, model, dataset, recipe, capacity) that has curves
+    (no empty panels), wrapped at 3 columns, titled "stage · model · dataset"
+    over "C = x"; facets of one workload share their y range. The mean and t
+    band are computed here (vectorised) and drawn by seaborn (lines) and
+    fill_between (bands), one line per (router, style) and facet.
     """
     column, xlabel = X_UNITS[x]
     curves = _curves(data, column, level)
     hue_order = router_order(curves["router"])
     styles = sorted(curves["style"].unique())
+    facets = curves.drop_duplicates("facet").sort_values(["panel", "capacity"])
+    facet_order = facets["facet"].tolist()
     grid = sns.relplot(
         data=curves, x=column, y="val_top1", hue="router", hue_order=hue_order,
         palette={r: router_color(r) for r in hue_order},
         style="style" if len(styles) > 1 else None, style_order=styles if len(styles) > 1 else None,
-        row="panel", row_order=sorted(curves["panel"].unique()),
-        col="cap", col_order=[_cap_label(c) for c in sorted(curves["capacity"].unique())],
+        col="facet", col_order=facet_order, col_wrap=min(3, len(facet_order)),
         kind="line", errorbar=None, height=2.8, aspect=1.35,
-        facet_kws={"sharex": False, "sharey": "row", "legend_out": False},
+        facet_kws={"sharex": False, "sharey": False, "legend_out": False},
     )
     _legend_right(grid)
     _bands(grid, curves, column)
-    grid.set_titles(row_template="{row_name}", col_template="C = {col_name}")
+    for facet, ax in grid.axes_dict.items():
+        ax.set_title(facet, fontsize="medium")
     grid.set_axis_labels(xlabel, "val top-1 (%)")
+    for ax in grid.axes.flat:  # col_wrap hides inner tick labels' axis labels unevenly: label every facet's x
+        ax.set_xlabel(xlabel)
+        ax.tick_params(labelbottom=True, labelleft=True)
     panel_target = data.merge(targets, on=["stage", "model", "dataset"]).groupby("panel")["common_target"].first()
-    for (panel, _), ax in grid.axes_dict.items():
-        target = panel_target.get(panel, np.nan)
+    facet_panel = facets.set_index("facet")["panel"]
+    for facet, ax in grid.axes_dict.items():
+        target = panel_target.get(facet_panel[facet], np.nan)
         if np.isfinite(target):
             ax.axhline(target, color="black", linestyle=":", linewidth=1.0, label="common target", gid="target")
-    _suptitle(grid.figure, f"val top-1 vs {xlabel}; mean over seeds, {level:.0%} t band")
+    for _, group in facets.groupby("panel", sort=False):  # one y range per workload
+        axes = [grid.axes_dict[f] for f in group["facet"]]
+        lows, highs = zip(*(ax.get_ylim() for ax in axes))
+        for ax in axes:
+            ax.set_ylim(min(lows), max(highs))
+    lines = max(f.count("\n") + 1 for f in facet_order)
+    grid.figure.subplots_adjust(hspace=0.3 + 0.12 * lines, wspace=0.25)
+    _suptitle(grid.figure, f"val top-1 vs {xlabel}; mean over seeds, {level:.0%} t band", lines)
     return grid
 
 
@@ -255,16 +296,21 @@ def speedup_figure(table: pd.DataFrame, level: float = 0.95):
         return None
     data["_b"] = data["baseline"].map(lambda r: router_rank(r))
     data = data.sort_values(["workload", "recipe", "capacity", "_b", "baseline_label"], kind="stable")
-    data["where"] = (panel_labels(data).str.replace(" / ", "/") + "\nC=" + data["capacity"].map(_cap_label)
+    # one tick label line per part (workload parts, capacity, baseline) so neighbouring labels do not overlap
+    data["where"] = (panel_labels(data).str.replace(" / ", "\n") + "\nC=" + data["capacity"].map(_cap_label)
                      + "\nvs " + data["baseline_label"])
     order = list(dict.fromkeys(data["where"]))
     labels = label_order(data)
     palette = label_palette(data)
     units = [u for u in UNIT_LABELS if u in set(data["unit"])]
     rules = [r for r in ("peak", "common") if r in set(data["rule"])]
+    chars = max(len(line) for where in order for line in where.split("\n"))
+    width = max(0.055 * len(order) * len(labels) * 2.8,  # bars
+                0.075 * (chars + 3) * len(order),  # x-small tick labels side by side, with a gap
+                6.5 / len(rules))  # room for the title
     grid = sns.catplot(data=data, x="where", y="speedup", hue="router_label", hue_order=labels, palette=palette,
                        order=order, row="unit", row_order=units, col="rule", col_order=rules, kind="bar",
-                       errorbar=None, height=2.8, aspect=max(1.6, 0.055 * len(order) * len(labels)), sharey=False,
+                       errorbar=None, height=2.8, aspect=max(1.6, width / 2.8), sharey=False,
                        legend_out=False, saturation=1)  # full saturation: bar colors = palette (matched below)
     _legend_right(grid)
     color_to_label = {mcolors.to_hex(c): name for name, c in palette.items()}
