@@ -1,0 +1,54 @@
+"""The README's main job: the quickstart suite, shrunk, through the same Ray path; and the
+committed quickstart results, whose report must regenerate from files alone."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from amod_bench.report.build import ReportOptions, build_report
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "suites" / "quickstart.yaml"
+COMMITTED = ROOT / "results" / "quickstart"
+FIGURES = ("convergence_epoch", "convergence_gmacs", "convergence_seconds", "isoflop_accuracy",
+           "speedup", "performance_profile")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_shrunken_quickstart_runs_through_ray_and_reports(ray_cluster, tmp_path):
+    from amod_bench.runner import run_suite
+
+    overrides = [f"output={tmp_path / 'quickstart'}",
+                 "stages.pretrain.recipe.epochs=1",
+                 "stages.finetune.grid.router=[dense, isoflop, mod, amod]",
+                 "stages.finetune.grid.capacity=[0.5]",
+                 "stages.finetune.grid.seed=[0]",
+                 "stages.finetune.recipe.epochs=1"]
+    statuses = run_suite(QUICKSTART, overrides=overrides)
+    assert set(statuses.values()) == {"done"}
+    assert len(statuses) == 5  # pretrain + dense + isoflop, mod, amod at C = 0.5
+
+    report = build_report([tmp_path / "quickstart"], None, ReportOptions(n_boot=200))
+    figures = report.out / "figures"
+    for name in FIGURES:
+        assert (figures / f"{name}.png").stat().st_size > 0, name
+    assert list(figures.glob("routing_maps_*.png")), "no routing map drawn from the kept checkpoints"
+    accuracy = pd.read_csv(report.out / "tables" / "accuracy_best.csv")
+    assert len(accuracy) > 0
+    index = (report.out / "index.md").read_text()
+    assert all(f"figures/{name}.png" in index for name in FIGURES)
+
+
+def test_committed_quickstart_report_regenerates_from_files(tmp_path):
+    assert (COMMITTED / "index.json").exists(), "results/quickstart is not committed"
+    tracked = subprocess.run(["git", "ls-files", str(COMMITTED)], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert tracked and not [f for f in tracked if f.endswith((".safetensors", ".pt"))], \
+        "checkpoints must not be committed"
+    report = build_report([COMMITTED], tmp_path / "report", ReportOptions(figures=False))
+    for table in sorted((COMMITTED / "report" / "tables").glob("*.csv")):
+        assert (report.out / "tables" / table.name).read_text() == table.read_text(), table.name
