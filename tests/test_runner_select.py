@@ -1,0 +1,39 @@
+"""Picking a searched value from the search stage's results (no Ray needed)."""
+from __future__ import annotations
+
+import pytest
+
+from amod_bench.runner import _select_value, choose_cells, dependencies, RunError
+from amod_bench.results import ResultsFolder
+from amod_bench.suite import Cell
+
+SELECT = {"stage": "search", "param": "lr", "metric": "best_top1",
+          "cells": ["a1", "a2", "b1", "b2", "c1"], "values": [1e-5, 1e-5, 1e-4, 1e-4, 1e-3]}
+
+
+def summary(status: str, top1: float | None) -> dict:
+    return {"status": status, "best_top1": top1}
+
+
+def test_select_takes_the_best_mean_over_seeds_of_finished_cells():
+    summaries = {"a1": summary("done", 80.0), "a2": summary("done", 70.0),   # mean 75
+                 "b1": summary("done", 77.0), "b2": summary("done", 76.0),   # mean 76.5
+                 "c1": summary("diverged", None)}                            # ignored
+    assert _select_value(SELECT, summaries) == 1e-4
+
+
+def test_select_without_any_finished_search_cell_fails_clearly():
+    summaries = {cid: summary("failed", None) for cid in SELECT["cells"]}
+    with pytest.raises(RuntimeError, match="nothing to select"):
+        _select_value(SELECT, summaries)
+
+
+def test_dependencies_and_filter_refuse_a_cell_whose_parent_is_neither_done_nor_selected(tmp_path):
+    parent = Cell("pretrain-x", "pretrain", {"init_from": None, "select": None})
+    child = Cell("finetune-x", "finetune", {"init_from": "pretrain-x", "select": None})
+    assert dependencies(child.config) == ["pretrain-x"]
+    results = ResultsFolder(tmp_path)
+    with pytest.raises(RunError, match="needs pretrain-x"):
+        choose_cells([parent, child], results, cell_filter=["finetune"], fresh=False, retry_failed=False)
+    to_run, skipped = choose_cells([parent, child], results, cell_filter=[], fresh=False, retry_failed=False)
+    assert [c.id for c in to_run] == ["pretrain-x", "finetune-x"] and not skipped
