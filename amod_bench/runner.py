@@ -20,6 +20,7 @@ retries failed or diverged cells only with `--retry-failed`.
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import platform
 import subprocess
@@ -30,15 +31,18 @@ from pathlib import Path
 
 from amod_bench.results import CellFiles, ResultsFolder
 
-# Ray's knobs, in one place. Ray Train polls its workers every few seconds by
-# default, and small cells spend most of their time waiting on those polls.
+# Ray's knobs, in one place.
 RAY_ENV = {
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # how often a cell's controller polls its workers: the delay between a cell's end and
+    # the next cell's start, against the polling's CPU (Ray's default is 2 s)
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1.0",
 }
 # Only for a local instance. Ray turns a node address of 127.0.0.1 into the machine's
 # routable address and listens there; with this flag off it keeps the node, and every
 # server of the instance, on the loopback address. gloo must then use loopback too.
-LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo"}
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo",
+                 # one machine is never preempted; the watcher is one more process per cell
+                 "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 DEPENDENCY_POLL_SECONDS = 1.0
 
 
@@ -164,12 +168,13 @@ def ray_session(address: str | None, num_cpus: int | None, worker_env: dict | No
         ray.shutdown()
 
 
-def _concurrency(cells, suite_cap: int, cli_cap: int | None) -> int:
-    """Cells at once: the suite's cap (or --max-concurrent), bounded by what the cluster holds."""
-    import ray
-
-    total = ray.cluster_resources()
-    cap = cli_cap or suite_cap
+def concurrency(cells, total: dict, suite_cap: int, cli_cap: int | None) -> int:
+    """Cells at once: the suite's cap (or --max-concurrent), bounded by how many of the
+    smallest cell fit the cluster. A bigger cell (a multi-worker pretrain before many
+    one-worker fine-tunes) then waits in Ray's queue for its workers, and its controller
+    retries the worker-group start until they are free, instead of serialising the suite.
+    `total` is `ray.cluster_resources()`."""
+    fits = []
     for cell in cells:
         r = cell.config["resources"]
         need_cpu = r["workers"] * r["cpus_per_worker"]
@@ -177,10 +182,10 @@ def _concurrency(cells, suite_cap: int, cli_cap: int | None) -> int:
         if need_cpu > total.get("CPU", 0) or need_gpu > total.get("GPU", 0):
             raise RunError(f"cell {cell.id} needs {need_cpu:g} CPUs and {need_gpu:g} GPUs; the cluster "
                            f"has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs")
-        fit = int(min(total.get("CPU", 0) // need_cpu if need_cpu else cap,
-                      total.get("GPU", 0) // need_gpu if need_gpu else cap))
-        cap = min(cap, max(1, fit))
-    return max(1, min(cap, len(cells)))
+        fits.append(min(total.get("CPU", 0) // need_cpu if need_cpu else math.inf,
+                        total.get("GPU", 0) // need_gpu if need_gpu else math.inf))
+    cap = cli_cap or suite_cap
+    return int(max(1, min(cap, max(fits, default=1), len(cells))))
 
 
 # --------------------------------------------------------------------------- one trial = one cell
@@ -429,8 +434,8 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
         finished = {cid: results.cell(cid).read_summary() for c in to_run for cid in dependencies(c.config)
                     if cid not in {x.id for x in to_run}}
         board = _remote_board().remote(finished)
-        concurrency = _concurrency(to_run, suite.max_concurrent, max_concurrent)
-        print(f"running {len(to_run)} cells, {concurrency} at a time")
+        at_once = concurrency(to_run, ray.cluster_resources(), suite.max_concurrent, max_concurrent)
+        print(f"running {len(to_run)} cells, {at_once} at a time")
         trainable = tune.with_resources(
             tune.with_parameters(run_cell, cells={c.id: c for c in to_run}, board=board,
                                  storage=suite.storage, worker_env=worker_env or {}),
@@ -440,7 +445,7 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
         tuner = tune.Tuner(
             trainable,
             param_space={"cell_id": tune.grid_search([c.id for c in to_run])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+            tune_config=tune.TuneConfig(max_concurrent_trials=at_once),
             run_config=tune.RunConfig(
                 name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=os.path.join(suite.storage, "_tune"), verbose=0,

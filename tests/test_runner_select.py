@@ -1,9 +1,9 @@
-"""Picking a searched value from the search stage's results (no Ray needed)."""
+"""The runner's decisions that need no Ray: the searched value, the cells to run, how many at once."""
 from __future__ import annotations
 
 import pytest
 
-from amod_bench.runner import _select_value, choose_cells, dependencies, RunError
+from amod_bench.runner import _select_value, choose_cells, concurrency, dependencies, RunError
 from amod_bench.results import ResultsFolder
 from amod_bench.suite import Cell
 
@@ -37,3 +37,22 @@ def test_dependencies_and_filter_refuse_a_cell_whose_parent_is_neither_done_nor_
         choose_cells([parent, child], results, cell_filter=["finetune"], fresh=False, retry_failed=False)
     to_run, skipped = choose_cells([parent, child], results, cell_filter=[], fresh=False, retry_failed=False)
     assert [c.id for c in to_run] == ["pretrain-x", "finetune-x"] and not skipped
+
+
+def _cell(name: str, workers: int, cpus: float, gpus: float = 0) -> Cell:
+    return Cell(name, "s", {"resources": {"workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus}})
+
+
+def test_concurrency_counts_the_smallest_cell_so_a_big_pretrain_does_not_serialise_the_rest():
+    cells = [_cell("pretrain", 2, 1)] + [_cell(f"ft{i}", 1, 1) for i in range(6)]
+    assert concurrency(cells, {"CPU": 2}, suite_cap=4, cli_cap=None) == 2  # two 1-CPU cells fit
+    assert concurrency(cells, {"CPU": 8}, suite_cap=4, cli_cap=None) == 4  # the suite's cap
+    assert concurrency(cells, {"CPU": 8}, suite_cap=4, cli_cap=1) == 1     # --max-concurrent wins
+    assert concurrency(cells[:2], {"CPU": 8}, suite_cap=4, cli_cap=None) == 2  # never above the cell count
+    gpu_cells = [_cell(f"g{i}", 2, 4, 1) for i in range(5)]
+    assert concurrency(gpu_cells, {"CPU": 64, "GPU": 4}, suite_cap=8, cli_cap=None) == 2
+
+
+def test_concurrency_refuses_a_cell_the_cluster_can_never_hold():
+    with pytest.raises(RunError, match="needs 4 CPUs and 0 GPUs; the cluster has 2 CPUs"):
+        concurrency([_cell("big", 4, 1)], {"CPU": 2}, suite_cap=2, cli_cap=None)
