@@ -373,9 +373,29 @@ def _median(values) -> Optional[float]:
     return statistics.median(values) if values else None
 
 
+def _ratios(num, den) -> list[float]:
+    """Per-round num/den, only rounds where both were timed."""
+    return [a / b for a, b in zip(num, den) if a is not None and b]
+
+
 def _median_ratio(num, den) -> Optional[float]:
     """Median over rounds of num/den, using only rounds where both were timed."""
-    return _median([a / b for a, b in zip(num, den) if a is not None and b])
+    return _median(_ratios(num, den))
+
+
+def _quartiles(values) -> tuple[Optional[float], Optional[float]]:
+    values = sorted(values)
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (None, None)
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def _min_ratio(num, den) -> Optional[float]:
+    """min(num) / min(den): contention on a shared machine only ever adds time, so the
+    fastest step of each configuration is its least-disturbed one."""
+    a, b = [v for v in num if v is not None], [v for v in den if v is not None]
+    return min(a) / min(b) if a and b else None
 
 
 # ---- loader
@@ -576,15 +596,24 @@ def _run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             row[f"{mode}_step_time"] = None if med is None else med * 1e3
             row[f"{mode}_samples_per_sec"] = None if not med else batch / med
             row[f"{mode}_rounds"] = sum(s is not None for s in t)
-            ratio = _median_ratio(t, timings[mode].get(dense, []))
+            row[f"{mode}_times_ms"] = [None if s is None else round(s * 1e3, 2) for s in t]  # per round, raw
+            row[f"{mode}_step_time_min"] = min([s for s in t if s is not None], default=None)
+            if row[f"{mode}_step_time_min"] is not None:
+                row[f"{mode}_step_time_min"] *= 1e3
+            base = timings[mode].get(dense, [])
+            ratio = _median_ratio(t, base)
             row[f"{mode}_time_ratio"] = ratio
+            row[f"{mode}_time_ratio_q1"], row[f"{mode}_time_ratio_q3"] = _quartiles(_ratios(t, base))
+            row[f"{mode}_time_ratio_min"] = _min_ratio(t, base)
             row[f"{mode}_efficiency"] = row["flop_ratio"] / ratio if ratio else None
             partner = _mod_partner(v)
             has_partner = v.router not in ("dense", "mod") and partner in rows
             row[f"{mode}_over_mod"] = _median_ratio(t, timings[mode].get(partner, [])) if has_partner else None
+            row[f"{mode}_over_mod_min"] = _min_ratio(t, timings[mode].get(partner, [])) if has_partner else None
             if device.type == "cpu":  # CPU seconds: what waiting for a core on a shared machine does not inflate
                 c = cpu_timings.get(mode, {}).get(v, [])
                 row[f"{mode}_cpu_time"] = None if _median(c) is None else _median(c) * 1e3
+                row[f"{mode}_cpu_times_ms"] = [None if s is None else round(s * 1e3, 2) for s in c]
                 row[f"{mode}_cpu_time_ratio"] = _median_ratio(c, cpu_timings[mode].get(dense, []))
                 row[f"{mode}_cpu_over_mod"] = (_median_ratio(c, cpu_timings[mode].get(partner, []))
                                                if has_partner else None)
@@ -697,6 +726,19 @@ def format_tables(result: dict) -> str:
             f"{_fmt(r.get('train_over_mod')):>8s} {_fmt(r.get('train_step_mem_mb'), '.1f'):>8s} "
             f"{_fmt(r.get('mem_over_mod')):>8s} {_fmt(r.get('train_cpu_time_ratio')):>7s} "
             f"{_fmt(r.get('train_cpu_over_mod')):>7s}")
+    spread = [r for r in steps if not r["error"] and r.get("train_time_ratio_q1") is not None]
+    if spread:
+        lines += ["", "noise check, train step: time ratio to dense as median [quartiles] of per-round ratios, "
+                  "ratio of the fastest steps (min), process-CPU-time ratio; /mod the same against MoD",
+                  f"{'router':9s} {'C':>6s} {'impl':8s} {'FLOPr':>6s} {'median [q1, q3]':<22s} {'min':>6s} "
+                  f"{'cpu':>6s} {'/mod med':>8s} {'/mod min':>8s} {'/mod cpu':>8s}"]
+        for r in spread:
+            lines.append(f"{r['router']:9s} {_fmt(r['capacity'], 'g'):>6s} {r['score_impl'] or '':8s} "
+                         f"{_fmt(r['flop_ratio']):>6s} {_fmt(r['train_time_ratio']):>6s} "
+                         f"[{_fmt(r['train_time_ratio_q1'])}, {_fmt(r['train_time_ratio_q3'])}] "
+                         f"{_fmt(r.get('train_time_ratio_min')):>6s} {_fmt(r.get('train_cpu_time_ratio')):>6s} "
+                         f"{_fmt(r.get('train_over_mod')):>8s} {_fmt(r.get('train_over_mod_min')):>8s} "
+                         f"{_fmt(r.get('train_cpu_over_mod')):>8s}")
     mem = [r for r in rows if r["kind"] == "memory"]
     if mem:
         lines += ["", "peak training-step memory (MiB above the pre-step level)",
@@ -743,16 +785,21 @@ def write_figure(result: dict, path: str) -> bool:
     env = result["meta"]["environment"]
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
     colors = {name: plt.get_cmap("tab10")(i) for i, name in enumerate(ROUTERS)}
-    hi = max([1.0] + [max(r["flop_ratio"], r[f"{m}_time_ratio"]) for r, m in points]) * 1.05
-    lo = min([r["flop_ratio"] for r, _ in points] + [r[f"{m}_time_ratio"] for r, m in points]) * 0.95
+    ys = [r[f"{m}_time_ratio"] for r, m in points]
+    hi = min(2.0, max([1.0] + ys + [r["flop_ratio"] for r, _ in points]) * 1.05)
+    lo = max(0.0, min(ys + [r["flop_ratio"] for r, _ in points]) * 0.9)
     ax.plot([lo, hi], [lo, hi], color="0.4", lw=1, ls="--", label="ideal: time ratio = FLOP ratio")
     seen = set()
     for r, mode in points:
         label = r["router"] if r["router"] not in seen else None
         seen.add(r["router"])
-        ax.scatter(r["flop_ratio"], r[f"{mode}_time_ratio"], s=46, marker="o" if mode == "train" else "^",
-                   facecolor=colors.get(r["router"], "k") if mode == "train" else "none",
-                   edgecolor=colors.get(r["router"], "k"), label=label)
+        color = colors.get(r["router"], "k")
+        y, q1, q3 = r[f"{mode}_time_ratio"], r.get(f"{mode}_time_ratio_q1"), r.get(f"{mode}_time_ratio_q3")
+        if q1 is not None and q3 is not None:  # quartiles of the per-round ratios: the noise
+            ax.errorbar(r["flop_ratio"], y, yerr=[[max(0.0, y - q1)], [max(0.0, q3 - y)]], color=color, lw=0.8,
+                        alpha=0.5, capsize=2)
+        ax.scatter(r["flop_ratio"], y, s=46, marker="o" if mode == "train" else "^",
+                   facecolor=color if mode == "train" else "none", edgecolor=color, label=label, zorder=3)
         tag = f"{r['capacity']:g}" + (f" {r['score_impl'][:2]}" if r["router"] in SCORED else "")
         ax.annotate(tag, (r["flop_ratio"], r[f"{mode}_time_ratio"]), fontsize=6, xytext=(3, 2),
                     textcoords="offset points")
@@ -763,7 +810,8 @@ def write_figure(result: dict, path: str) -> bool:
     arg = result["meta"]["arguments"]
     hw = env["gpu_name"] or f"{env['cpu_model']}, {env['torch_threads']} thread(s)"
     ax.set_title(f"{arg['model']}, batch {arg['batch_size']}, {hw}\n"
-                 "filled: train step (fwd+bwd), hollow: inference; label: capacity", fontsize=8)
+                 "filled: train step (fwd+bwd), hollow: inference; bars: quartiles over rounds; "
+                 "label: capacity", fontsize=8)
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
