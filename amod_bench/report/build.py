@@ -173,6 +173,13 @@ class _Index:
         return "\n".join(self.parts).rstrip() + "\n"
 
 
+def _shown(path) -> str:
+    """A path as index.md prints it: relative to the working directory when under it, so a
+    committed report names its folders the same way on every clone."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def build_report(folders, out: Path | str | None = None, options: ReportOptions | None = None,
                  log=print) -> Report:
     """Read `folders`, write every table, figure and index.md under `out`; returns what was written."""
@@ -197,14 +204,14 @@ def build_report(folders, out: Path | str | None = None, options: ReportOptions 
             "seeds of both sides resampled independently; baselines matched on workload, recipe and capacity "
             "(dense: every capacity)")
 
-    sources = ", ".join(f"`{p}`" for p in results.sources)
+    sources = ", ".join(f"`{_shown(p)}`" for p in results.sources)
     index.add("# amod-bench report", "", f"Results: {sources}. Cells: {len(cells)} "
               f"({int(cells['ok'].sum())} counted, {int((~cells['ok']).sum())} flagged). "
               f"Variant axes: router {router_axes or 'none'}, recipe {recipe_axes or 'none'}.", "",
               f"Conventions: accuracies are val top-1/top-5 in percent; {MACS_NOTE}; only finished cells "
               "(status done, with evals) enter means, medians, speedups and figures; "
               f"every CI is {options.level:.0%}. Regenerate with "
-              f"`python bench.py report {' '.join(str(p) for p in results.sources)} --out {out}`.", "")
+              f"`python bench.py report {' '.join(_shown(p) for p in results.sources)} --out {_shown(out)}`.", "")
 
     def table(name: str, frame: pd.DataFrame) -> None:
         report.tables[name] = write_csv(frame, tables_dir, name)
