@@ -445,7 +445,9 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
         tuner = tune.Tuner(
             trainable,
             param_space={"cell_id": tune.grid_search([c.id for c in to_run])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=at_once),
+            # reuse_actors: a finished trial's process runs the next cell, which saves each
+            # cell a process start and its torch import (the trial only drives a TorchTrainer)
+            tune_config=tune.TuneConfig(max_concurrent_trials=at_once, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=os.path.join(suite.storage, "_tune"), verbose=0,
