@@ -852,16 +852,28 @@ def _build_rules(data: Any, where, what: str, errors: _Errors, reg: _Registries)
     return tuple(rules) if ok else _BAD
 
 
-def _build_ignore(data: Any, where, errors: _Errors, reg: _Registries):
+def _per_router(data: Any, where, errors: _Errors, reg: _Registries, value_kind: str):
+    """The (router, value) entries of a `router -> value` mapping whose router is registered;
+    None when `data` is not a mapping. Reports each problem; the second item says if all was well."""
     if not isinstance(data, _Map):
-        errors.add(where, f"expected a mapping router -> [axes], got {_show(data)}")
-        return _BAD
-    out, ok = {}, True
-    for router, axes in data.items():
+        errors.add(where, f"expected a mapping router -> {value_kind}, got {_show(data)}")
+        return None, False
+    entries, ok = [], True
+    for router, value in data.items():
         if reg.routers is not None and router not in reg.routers:
             errors.add(data.at(router), f"unknown router '{router}'" + _hint(router, reg.routers))
             ok = False
-            continue
+        else:
+            entries.append((router, value))
+    return entries, ok
+
+
+def _build_ignore(data: Any, where, errors: _Errors, reg: _Registries):
+    entries, ok = _per_router(data, where, errors, reg, "[axes]")
+    if entries is None:
+        return _BAD
+    out = {}
+    for router, axes in entries:
         if axes is None:
             axes = []
         if isinstance(axes, str):
@@ -879,15 +891,11 @@ def _build_ignore(data: Any, where, errors: _Errors, reg: _Registries):
 
 
 def _build_router_options(data: Any, where, errors: _Errors, reg: _Registries):
-    if not isinstance(data, _Map):
-        errors.add(where, f"expected a mapping router -> {{option: value}}, got {_show(data)}")
+    entries, ok = _per_router(data, where, errors, reg, "{option: value}")
+    if entries is None:
         return _BAD
-    out, ok = {}, True
-    for router, options in data.items():
-        if reg.routers is not None and router not in reg.routers:
-            errors.add(data.at(router), f"unknown router '{router}'" + _hint(router, reg.routers))
-            ok = False
-            continue
+    out = {}
+    for router, options in entries:
         if options is None:
             options = _Map()
         if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
