@@ -16,7 +16,7 @@ Full example (every field shown; most have defaults and can be left out)::
     description: A-MoD vs MoD on DeiT   # free text, shown by plan
     output: results/deit-transfer       # default results/<name>; relative to the working directory
     storage: null                       # Ray storage for checkpoints; default <output>/ray; may be a URI (s3://...)
-    max_concurrent: 4                   # cells at once over the whole suite (one Tune run); capped to the cluster
+    max_concurrent: 4                   # cells at once over the whole suite (one Tune run); capped to how many of the smallest cell the cluster holds (a bigger cell waits for its workers)
     targets:                            # the report's two convergence rules
       within_peak_pct: 2.0              # epochs to get within this many points (%) of the run's own peak
       top1: null                        # common target top-1 (%); null = the dense baseline's median best
@@ -321,7 +321,7 @@ class Suite:
     description: str = ""  # free text
     output: str | None = None  # results folder; default results/<name>; absolute after load_suite
     storage: str | None = None  # Ray storage path or URI; default <output>/ray; absolute after load_suite
-    max_concurrent: int = field(default=1, metadata=_AT_LEAST_1)  # cells at once, whole suite; capped to the cluster
+    max_concurrent: int = field(default=1, metadata=_AT_LEAST_1)  # cells at once, whole suite; capped as in the module docstring
     targets: Targets = field(default_factory=Targets)  # convergence targets for the report
     source: str = ""  # the suite file, for messages and the results copy
     base_dir: str = ""  # the working directory at load time: relative paths resolve here
