@@ -383,6 +383,11 @@ def _median_ratio(num, den) -> Optional[float]:
     return _median(_ratios(num, den))
 
 
+def _ms(values) -> list[Optional[float]]:
+    """Per-round seconds as milliseconds for the JSON (None: a round that was not timed)."""
+    return [None if v is None else round(v * 1e3, 2) for v in values]
+
+
 def _quartiles(values) -> tuple[Optional[float], Optional[float]]:
     values = sorted(values)
     if len(values) < 2:
@@ -394,8 +399,12 @@ def _quartiles(values) -> tuple[Optional[float], Optional[float]]:
 def _min_ratio(num, den) -> Optional[float]:
     """min(num) / min(den): contention on a shared machine only ever adds time, so the
     fastest step of each configuration is its least-disturbed one."""
-    a, b = [v for v in num if v is not None], [v for v in den if v is not None]
-    return min(a) / min(b) if a and b else None
+    a, b = _fastest(num), _fastest(den)
+    return a / b if a is not None and b else None
+
+
+def _fastest(values) -> Optional[float]:
+    return min((v for v in values if v is not None), default=None)
 
 
 # ---- loader
@@ -596,10 +605,9 @@ def _run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             row[f"{mode}_step_time"] = None if med is None else med * 1e3
             row[f"{mode}_samples_per_sec"] = None if not med else batch / med
             row[f"{mode}_rounds"] = sum(s is not None for s in t)
-            row[f"{mode}_times_ms"] = [None if s is None else round(s * 1e3, 2) for s in t]  # per round, raw
-            row[f"{mode}_step_time_min"] = min([s for s in t if s is not None], default=None)
-            if row[f"{mode}_step_time_min"] is not None:
-                row[f"{mode}_step_time_min"] *= 1e3
+            row[f"{mode}_times_ms"] = _ms(t)  # per round, raw
+            fastest = _fastest(t)
+            row[f"{mode}_step_time_min"] = None if fastest is None else fastest * 1e3
             base = timings[mode].get(dense, [])
             ratio = _median_ratio(t, base)
             row[f"{mode}_time_ratio"] = ratio
@@ -613,7 +621,7 @@ def _run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             if device.type == "cpu":  # CPU seconds: what waiting for a core on a shared machine does not inflate
                 c = cpu_timings.get(mode, {}).get(v, [])
                 row[f"{mode}_cpu_time"] = None if _median(c) is None else _median(c) * 1e3
-                row[f"{mode}_cpu_times_ms"] = [None if s is None else round(s * 1e3, 2) for s in c]
+                row[f"{mode}_cpu_times_ms"] = _ms(c)
                 row[f"{mode}_cpu_time_ratio"] = _median_ratio(c, cpu_timings[mode].get(dense, []))
                 row[f"{mode}_cpu_over_mod"] = (_median_ratio(c, cpu_timings[mode].get(partner, []))
                                                if has_partner else None)
