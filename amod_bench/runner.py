@@ -149,11 +149,12 @@ def ray_env(local: bool, extra: dict | None = None) -> dict:
 
 @contextmanager
 def ray_session(address: str | None, num_cpus: int | None, worker_env: dict | None = None):
-    """Connect to a cluster, or start a local instance bound to 127.0.0.1 and stop it afterwards."""
+    """Connect to a cluster, or start a local instance bound to 127.0.0.1 and stop it afterwards.
+    Yields True when the instance is this process's own (it ends with this process)."""
     import ray
 
     if ray.is_initialized():  # a caller (a test, a notebook) already connected
-        yield
+        yield False
         return
     env = ray_env(local=not address, extra=worker_env)
     if address:
@@ -163,7 +164,7 @@ def ray_session(address: str | None, num_cpus: int | None, worker_env: dict | No
         ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
                  runtime_env={"env_vars": env}, log_to_driver=False)
     try:
-        yield
+        yield not address
     finally:
         ray.shutdown()
 
@@ -222,12 +223,35 @@ def _select_value(select: dict, summaries: dict) -> object:
     return max(scores, key=lambda v: sum(scores[v]) / len(scores[v]))
 
 
-def run_cell(params: dict, *, cells: dict, board, storage: str, worker_env: dict) -> None:
+def cell_trainer_class(own_instance: bool):
+    """TorchTrainer less the helper actors a cell has no use for.
+
+    Ray Train V2 starts, besides each run's controller and workers, a DatasetManager (for
+    Ray Data datasets; cells stream WebDataset shards themselves and pass none) and a
+    detached PlacementGroupCleaner (which frees a run's placement group if its controller
+    dies; a Ray instance of our own dies with this process anyway). Each is a process that
+    imports ray.train: 3-4 CPU-seconds, measured, per cell and helper; on 2 cores the two
+    cost the quickstart's 28 cells about 100 s. The cleaner stays on a shared cluster.
+    (`_create_default_callbacks` is Ray's private hook; tests/test_runner.py checks that
+    these helpers, and only these, are left out, so a Ray upgrade that renames them fails.)"""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    unused = (DatasetsCallback, PlacementGroupCleanerCallback) if own_instance else (DatasetsCallback,)
+
+    class CellTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [cb for cb in super()._create_default_callbacks() if not isinstance(cb, unused)]
+
+    return CellTrainer
+
+
+def run_cell(params: dict, *, cells: dict, board, storage: str, worker_env: dict, own_instance: bool) -> None:
     """A Tune function trainable: wait for dependencies, then fit the cell's TorchTrainer."""
     import ray
     import ray.train
     from ray import tune
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from amod_bench.train import CHECKPOINT_WEIGHTS, train_loop_per_worker
@@ -255,7 +279,7 @@ def run_cell(params: dict, *, cells: dict, board, storage: str, worker_env: dict
                                  if config.get("select") else {})}})
 
     resources = config["resources"]
-    trainer = TorchTrainer(
+    trainer = cell_trainer_class(own_instance)(
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(
@@ -428,7 +452,7 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
 
     progress = ProgressTable([c.id for c in to_run], {c.id: c.config["epochs"] for c in to_run})
     started = time.monotonic()
-    with ray_session(address, num_cpus, worker_env):
+    with ray_session(address, num_cpus, worker_env) as own_instance:
         import ray
 
         finished = {cid: results.cell(cid).read_summary() for c in to_run for cid in dependencies(c.config)
@@ -438,7 +462,8 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
         print(f"running {len(to_run)} cells, {at_once} at a time")
         trainable = tune.with_resources(
             tune.with_parameters(run_cell, cells={c.id: c for c in to_run}, board=board,
-                                 storage=suite.storage, worker_env=worker_env or {}),
+                                 storage=suite.storage, worker_env=worker_env or {},
+                                 own_instance=own_instance),
             # The trial only drives its TorchTrainer; the workers hold the CPUs and GPUs. Tune
             # refuses an all-zero request, hence one byte of memory.
             {"cpu": 0, "memory": 1})

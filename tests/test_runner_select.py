@@ -1,4 +1,5 @@
-"""The runner's decisions that need no Ray: the searched value, the cells to run, how many at once."""
+"""The runner's decisions that need no Ray cluster: the searched value, the cells to run, how many
+at once, and which of Ray Train's helper actors a cell's trainer starts."""
 from __future__ import annotations
 
 import pytest
@@ -56,3 +57,26 @@ def test_concurrency_counts_the_smallest_cell_so_a_big_pretrain_does_not_seriali
 def test_concurrency_refuses_a_cell_the_cluster_can_never_hold():
     with pytest.raises(RunError, match="needs 4 CPUs and 0 GPUs; the cluster has 2 CPUs"):
         concurrency([_cell("big", 4, 1)], {"CPU": 2}, suite_cap=2, cli_cap=None)
+
+
+def _trivial_loop(config):
+    pass
+
+
+@pytest.mark.parametrize("own_instance", [True, False])
+def test_cell_trainer_leaves_out_only_the_helper_actors_a_cell_never_uses(own_instance):
+    """DatasetManager always (no Ray Data), PlacementGroupCleaner only on our own instance;
+    every other default callback (backend set-up, working directory, metrics, ...) stays."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from amod_bench.runner import cell_trainer_class
+
+    def callback_names(trainer_class):
+        trainer = trainer_class(_trivial_loop, scaling_config=ray.train.ScalingConfig(num_workers=1))
+        return [type(cb).__name__ for cb in trainer._create_default_callbacks()]
+
+    default, lean = callback_names(TorchTrainer), callback_names(cell_trainer_class(own_instance))
+    left_out = {"DatasetsCallback", "PlacementGroupCleanerCallback"} if own_instance else {"DatasetsCallback"}
+    assert left_out <= set(default)
+    assert lean == [name for name in default if name not in left_out]
