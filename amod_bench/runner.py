@@ -7,8 +7,9 @@
 Ray Tune only schedules: a trial waits for the cells it depends on (an earlier
 stage's checkpoint, or a search stage's results), then fits one TorchTrainer
 whose workers run `amod_bench.train.train_loop_per_worker`. Every report from
-rank 0 reaches this driver process through Tune, where `ResultsWriter` turns it
-into the cell's result files; so results land on the machine that runs
+rank 0 reaches this driver process through Tune (the cell's controller posts it on
+the suite's board actor, the cell's trial hands it to Tune), where `ResultsWriter`
+turns it into the cell's result files; so results land on the machine that runs
 `bench.py`, whichever nodes trained. Checkpoints live in Ray's storage (the
 suite's `storage`), which must be a shared filesystem or an object store on a
 multi-node cluster.
@@ -25,6 +26,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +46,7 @@ LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME":
                  # one machine is never preempted; the watcher is one more process per cell
                  "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 DEPENDENCY_POLL_SECONDS = 1.0
+REPORT_WAIT_SECONDS = 0.5  # how long a trial waits on the board for its cell's next report
 
 
 # --------------------------------------------------------------------------- command line
@@ -192,22 +195,61 @@ def concurrency(cells, total: dict, suite_cap: int, cli_cap: int | None) -> int:
 # --------------------------------------------------------------------------- one trial = one cell
 
 def _remote_board():
+    import asyncio
+
     import ray
 
     @ray.remote(num_cpus=0)
     class CellBoard:
-        """Final summaries of finished cells, so a trial on any node can wait for its dependencies."""
+        """The suite's meeting point. Finished cells' summaries, so a trial on any node can wait
+        for its dependencies; and running cells' reports, posted by each cell's Train controller
+        and taken by its trial. (Tune's TuneReportCallback does the second through a queue
+        actor per cell: one more process importing ray, ~3 CPU-s per cell on 2 cores.)"""
 
         def __init__(self, finished: dict):
             self.finished = finished
+            self.reports: dict[str, list[dict]] = {}
+            self.posted: dict[str, asyncio.Event] = {}
 
-        def finish(self, cell_id: str, summary: dict) -> None:
+        async def finish(self, cell_id: str, summary: dict) -> None:
             self.finished[cell_id] = summary
 
-        def get(self, cell_ids: list[str]) -> dict:
+        async def get(self, cell_ids: list[str]) -> dict:
             return {cid: self.finished.get(cid) for cid in cell_ids}
 
+        async def post(self, cell_id: str, report: dict) -> None:
+            self.reports.setdefault(cell_id, []).append(report)
+            self.posted.setdefault(cell_id, asyncio.Event()).set()
+
+        async def take(self, cell_id: str, wait_seconds: float) -> list[dict]:
+            """The cell's reports not taken yet, oldest first; waits up to wait_seconds for one."""
+            posted = self.posted.setdefault(cell_id, asyncio.Event())
+            if not self.reports.get(cell_id):
+                try:
+                    await asyncio.wait_for(posted.wait(), wait_seconds)
+                except asyncio.TimeoutError:
+                    pass
+            posted.clear()
+            return self.reports.pop(cell_id, [])
+
     return CellBoard
+
+
+def _report_poster(board, cell_id: str):
+    import ray
+    import ray.train
+
+    class PostReports(ray.train.UserCallback):
+        """In the cell's Train controller: posts rank 0's report, with the path its checkpoint
+        was persisted to, on the board, for the cell's trial to hand to Tune."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            report = dict(metrics[0])
+            if checkpoint is not None:
+                report["checkpoint_path"] = checkpoint.path
+            ray.get(board.post.remote(cell_id, report))  # on the board before the run can end
+
+    return PostReports()
 
 
 def _select_value(select: dict, summaries: dict) -> object:
@@ -252,7 +294,6 @@ def run_cell(params: dict, *, cells: dict, board, storage: str, worker_env: dict
     import ray
     import ray.train
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from amod_bench.train import CHECKPOINT_WEIGHTS, train_loop_per_worker
 
@@ -290,10 +331,27 @@ def run_cell(params: dict, *, cells: dict, board, storage: str, worker_env: dict
             name=cell.id, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=resources["max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=resources["checkpoints_to_keep"]),
-            callbacks=[TuneReportCallback()],
+            callbacks=[_report_poster(board, cell.id)],
             worker_runtime_env={"env_vars": worker_env} if worker_env else None),
     )
-    trainer.fit()
+    # fit() blocks, so it runs beside this thread, which hands the cell's reports to Tune
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as error:  # raised again in the trial's thread below
+            failure.append(error)
+
+    fitting = threading.Thread(target=fit, name=f"fit {cell.id}", daemon=True)
+    fitting.start()
+    while fitting.is_alive():
+        for report in ray.get(board.take.remote(cell.id, REPORT_WAIT_SECONDS)):
+            tune.report(report)
+    for report in ray.get(board.take.remote(cell.id, 0.0)):  # posted as the run ended
+        tune.report(report)
+    if failure:
+        raise failure[0]
 
 
 # --------------------------------------------------------------------------- results, in the driver

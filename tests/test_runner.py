@@ -178,3 +178,24 @@ def test_interrupted_suite_reruns_only_unfinished_cells(ray_cluster, tmp_path):
     for cid in unfinished:
         steps = [r["step"] for r in results.cell(cid).read_metrics()]
         assert steps == sorted(set(steps)) and steps[-1] == 20
+
+
+def test_board_hands_each_cells_reports_to_its_trial_once_and_in_order(ray_cluster):
+    import ray
+
+    from amod_bench.runner import _remote_board
+
+    board = _remote_board().remote({})
+    try:
+        waiting = board.take.remote("a", 30.0)  # a trial waiting before its cell's first report
+        ray.get([board.post.remote("a", {"step": 0}), board.post.remote("b", {"step": 0}),
+                 board.post.remote("a", {"step": 10})])
+        first = ray.get(waiting)
+        rest = ray.get(board.take.remote("a", 0.0))
+        assert first + rest == [{"step": 0}, {"step": 10}]  # posted order, nothing twice
+        assert ray.get(board.take.remote("b", 0.0)) == [{"step": 0}]
+        tic = time.monotonic()
+        assert ray.get(board.take.remote("a", 0.3)) == []  # nothing new: waits, then returns
+        assert time.monotonic() - tic >= 0.3
+    finally:
+        ray.kill(board)
