@@ -247,7 +247,9 @@ def _report_poster(board, cell_id: str):
             report = dict(metrics[0])
             if checkpoint is not None:
                 report["checkpoint_path"] = checkpoint.path
-            ray.get(board.post.remote(cell_id, report))  # on the board before the run can end
+            # waited for: the board is an async actor, which keeps the order of calls only
+            # when each ends before the next; and the report is posted before the run can end
+            ray.get(board.post.remote(cell_id, report))
 
     return PostReports()
 

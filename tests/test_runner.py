@@ -188,8 +188,10 @@ def test_board_hands_each_cells_reports_to_its_trial_once_and_in_order(ray_clust
     board = _remote_board().remote({})
     try:
         waiting = board.take.remote("a", 30.0)  # a trial waiting before its cell's first report
-        ray.get([board.post.remote("a", {"step": 0}), board.post.remote("b", {"step": 0}),
-                 board.post.remote("a", {"step": 10})])
+        # one post at a time, as the controller posts (an async actor may run concurrent calls
+        # out of order)
+        for cell_id, step in (("a", 0), ("b", 0), ("a", 10)):
+            ray.get(board.post.remote(cell_id, {"step": step}))
         first = ray.get(waiting)
         rest = ray.get(board.take.remote("a", 0.0))
         assert first + rest == [{"step": 0}, {"step": 10}]  # posted order, nothing twice
