@@ -45,8 +45,7 @@ RAY_ENV = {
 LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo",
                  # one machine is never preempted; the watcher is one more process per cell
                  "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-DEPENDENCY_POLL_SECONDS = 1.0
-REPORT_WAIT_SECONDS = 0.5  # how long a trial waits on the board for its cell's next report
+BOARD_WAIT_SECONDS = 60.0  # longest wait of one call to the board; it answers as soon as it can
 
 
 # --------------------------------------------------------------------------- command line
@@ -204,33 +203,51 @@ def _remote_board():
         """The suite's meeting point. Finished cells' summaries, so a trial on any node can wait
         for its dependencies; and running cells' reports, posted by each cell's Train controller
         and taken by its trial. (Tune's TuneReportCallback does the second through a queue
-        actor per cell: one more process importing ray, ~3 CPU-s per cell on 2 cores.)"""
+        actor per cell: one more process importing ray, ~3 CPU-s per cell on 2 cores.)
+        Trials block on it instead of polling: every call to an actor costs both processes CPU."""
 
         def __init__(self, finished: dict):
             self.finished = finished
+            self.finishing = asyncio.Condition()
             self.reports: dict[str, list[dict]] = {}
+            self.closed: set[str] = set()
             self.posted: dict[str, asyncio.Event] = {}
 
         async def finish(self, cell_id: str, summary: dict) -> None:
-            self.finished[cell_id] = summary
+            async with self.finishing:
+                self.finished[cell_id] = summary
+                self.finishing.notify_all()
 
-        async def get(self, cell_ids: list[str]) -> dict:
+        async def get(self, cell_ids: list[str], wait_seconds: float = 0.0) -> dict:
+            """Summaries of these cells (None: not finished); waits up to wait_seconds for all."""
+            async with self.finishing:
+                try:
+                    await asyncio.wait_for(self.finishing.wait_for(
+                        lambda: all(cid in self.finished for cid in cell_ids)), wait_seconds)
+                except asyncio.TimeoutError:
+                    pass
             return {cid: self.finished.get(cid) for cid in cell_ids}
 
         async def post(self, cell_id: str, report: dict) -> None:
             self.reports.setdefault(cell_id, []).append(report)
             self.posted.setdefault(cell_id, asyncio.Event()).set()
 
-        async def take(self, cell_id: str, wait_seconds: float) -> list[dict]:
-            """The cell's reports not taken yet, oldest first; waits up to wait_seconds for one."""
+        async def close(self, cell_id: str) -> None:
+            """The cell's run has ended: every report it will make is posted."""
+            self.closed.add(cell_id)
+            self.posted.setdefault(cell_id, asyncio.Event()).set()
+
+        async def take(self, cell_id: str, wait_seconds: float) -> tuple[list[dict], bool]:
+            """(the cell's reports not taken yet, oldest first; whether its run has ended).
+            Waits up to wait_seconds for either."""
             posted = self.posted.setdefault(cell_id, asyncio.Event())
-            if not self.reports.get(cell_id):
+            if not self.reports.get(cell_id) and cell_id not in self.closed:
                 try:
                     await asyncio.wait_for(posted.wait(), wait_seconds)
                 except asyncio.TimeoutError:
                     pass
             posted.clear()
-            return self.reports.pop(cell_id, [])
+            return self.reports.pop(cell_id, []), cell_id in self.closed
 
     return CellBoard
 
@@ -303,10 +320,9 @@ def run_cell(params: dict, *, cells: dict, board, storage: str, worker_env: dict
     cell = cells[params["cell_id"]]
     config = dict(cell.config)
     deps = dependencies(config)
-    summaries = ray.get(board.get.remote(deps))
+    summaries = ray.get(board.get.remote(deps, BOARD_WAIT_SECONDS))
     while any(s is None for s in summaries.values()):
-        time.sleep(DEPENDENCY_POLL_SECONDS)
-        summaries = ray.get(board.get.remote(deps))
+        summaries = ray.get(board.get.remote(deps, BOARD_WAIT_SECONDS))
 
     # "timm" (hub download) or the absolute path of a local checkpoint file
     config["init_weights"] = config["pretrained_path"] or config["pretrained"]
@@ -345,15 +361,18 @@ def run_cell(params: dict, *, cells: dict, board, storage: str, worker_env: dict
             trainer.fit()
         except BaseException as error:  # raised again in the trial's thread below
             failure.append(error)
+        finally:  # after the controller's last post: the trial takes everything, then stops
+            ray.get(board.close.remote(cell.id))
 
     fitting = threading.Thread(target=fit, name=f"fit {cell.id}", daemon=True)
     fitting.start()
-    while True:
-        ended = not fitting.is_alive()  # then every report is on the board: take them all
-        for report in ray.get(board.take.remote(cell.id, 0.0 if ended else REPORT_WAIT_SECONDS)):
+    closed = False
+    while not closed:
+        reports, closed = ray.get(board.take.remote(cell.id, BOARD_WAIT_SECONDS))
+        for report in reports:
             tune.report(report)
-        if ended:
-            break
+        if not (reports or closed or fitting.is_alive()):
+            break  # fit ended without closing (the board call failed): nothing more will come
     if failure:
         raise failure[0]
 

@@ -9,11 +9,13 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
-from amod_bench.data import DatasetError, eval_loader, missing_dataset_message, open_dataset, train_loader
+from amod_bench.data import (DatasetError, ReplayedBatches, eval_loader, missing_dataset_message, open_dataset,
+                             train_loader)
 from amod_bench.data.sources import make_source
 from amod_bench.data.writer import write_shards
 
@@ -105,6 +107,40 @@ def test_train_labels_match_their_samples(digits):
     _, source_labels = bundled_arrays("digits")
     keys, _, labels = _train_stream(digits, seed=3, epoch=2)
     assert [int(source_labels[int(k.split("_")[1])]) for k in keys] == labels.tolist()
+
+
+def _shard_copy(ds, folder):
+    import shutil
+
+    shutil.copytree(ds.root, folder)
+    return open_dataset(str(folder))
+
+
+def test_replayed_eval_batches_read_the_shards_once_and_replay_them_exactly(digits, tmp_path):
+    ds = _shard_copy(digits, tmp_path / "copy")
+    loader = eval_loader(ds, "val", batch_size=64, rank=0, world_size=1, with_keys=True, **KW)
+    replayed = ReplayedBatches(loader, max_bytes=2 ** 21)  # 359 x 3 x 16 x 16 float32 = 1.1 MB: fits
+    first = list(replayed)
+    for url, _ in ds.shards("val"):  # later passes must not need the shards
+        Path(url).unlink()
+    second = list(replayed)
+    assert len(second) == len(first) == len(replayed) == 6
+    for (x1, y1, s1, k1), (x2, y2, s2, k2) in zip(first, second):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2) and int(s1) == int(s2) and k1 == k2
+
+
+def test_replayed_batches_stream_again_when_over_the_cap_or_cut_short(digits, tmp_path):
+    ds = _shard_copy(digits, tmp_path / "copy")
+    too_big = ReplayedBatches(eval_loader(ds, "val", batch_size=64, rank=0, world_size=1, **KW),
+                              max_bytes=10 ** 6)  # 1 MB: five of the six batches fit
+    assert len(list(too_big)) == 6
+    cut_short = ReplayedBatches(eval_loader(ds, "val", batch_size=64, rank=0, world_size=1, **KW),
+                                max_bytes=2 ** 21)
+    next(iter(cut_short))  # an interrupted pass is not replayed: it lacks batches
+    Path(ds.shards("val")[0][0]).unlink()
+    for loader in (too_big, cut_short):
+        with pytest.raises(DatasetError, match="digits-val-000000.tar: cannot read it"):
+            list(loader)
 
 
 def test_loader_argument_errors(digits):

@@ -192,12 +192,43 @@ def test_board_hands_each_cells_reports_to_its_trial_once_and_in_order(ray_clust
         # out of order)
         for cell_id, step in (("a", 0), ("b", 0), ("a", 10)):
             ray.get(board.post.remote(cell_id, {"step": step}))
-        first = ray.get(waiting)
-        rest = ray.get(board.take.remote("a", 0.0))
+        first, first_closed = ray.get(waiting)
+        rest, rest_closed = ray.get(board.take.remote("a", 0.0))
         assert first + rest == [{"step": 0}, {"step": 10}]  # posted order, nothing twice
-        assert ray.get(board.take.remote("b", 0.0)) == [{"step": 0}]
+        assert not first_closed and not rest_closed
+        assert ray.get(board.take.remote("b", 0.0)) == ([{"step": 0}], False)
         tic = time.monotonic()
-        assert ray.get(board.take.remote("a", 0.3)) == []  # nothing new: waits, then returns
+        assert ray.get(board.take.remote("a", 0.3)) == ([], False)  # nothing new: waits, then returns
         assert time.monotonic() - tic >= 0.3
+        # a run that ends wakes its waiting trial at once, after its last report
+        waiting = board.take.remote("a", 30.0)
+        ray.get(board.post.remote("a", {"step": 20}))
+        ray.get(board.close.remote("a"))
+        tic = time.monotonic()
+        taken = ray.get(waiting)
+        if not taken[1]:  # the post woke the trial first; the close is the next take's answer
+            taken = (taken[0] + ray.get(board.take.remote("a", 30.0))[0], True)
+        assert taken == ([{"step": 20}], True) and time.monotonic() - tic < 10
+        assert ray.get(board.take.remote("b", 0.0)) == ([], False)  # other cells stay open
+    finally:
+        ray.kill(board)
+
+
+def test_board_wakes_a_trial_waiting_on_dependencies_when_they_finish(ray_cluster):
+    import ray
+
+    from amod_bench.runner import _remote_board
+
+    board = _remote_board().remote({"done-before": {"status": "done"}})
+    try:
+        assert ray.get(board.get.remote(["done-before", "x"], 0.2)) == {"done-before": {"status": "done"},
+                                                                        "x": None}
+        waiting = board.get.remote(["done-before", "x", "y"], 30.0)
+        ray.get(board.finish.remote("x", {"status": "done"}))
+        ray.get(board.finish.remote("y", {"status": "failed"}))
+        tic = time.monotonic()
+        assert ray.get(waiting) == {"done-before": {"status": "done"}, "x": {"status": "done"},
+                                    "y": {"status": "failed"}}
+        assert time.monotonic() - tic < 10  # woken by the finish, not by the 30 s timeout
     finally:
         ray.kill(board)

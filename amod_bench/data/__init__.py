@@ -22,6 +22,7 @@ _EXPORTS = {
     "missing_dataset_message": "amod_bench.data.manifest",
     "train_loader": "amod_bench.data.loaders",
     "eval_loader": "amod_bench.data.loaders",
+    "ReplayedBatches": "amod_bench.data.loaders",
     "AUGMENT_DEFAULTS": "amod_bench.data.transforms",
     "BUNDLED": "amod_bench.data.bundled",
 }

@@ -244,6 +244,37 @@ class _EvalStream(IterableDataset):
         return iter(pipeline)
 
 
+class ReplayedBatches:
+    """An evaluation loader whose batches are kept in memory after the first full pass, when
+    they fit in `max_bytes`, and replayed on every later pass (each pass is identical: eval
+    streams are deterministic). Re-reading a small validation split at every evaluation cost
+    as much as the evaluation itself (digits: 0.16 s to read and decode, 0.13 s to evaluate).
+    A split larger than `max_bytes` is streamed from its shards every time."""
+
+    def __init__(self, loader: DataLoader, max_bytes: int):
+        self.loader, self.max_bytes = loader, max_bytes
+        self.batches: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.batches) if self.batches is not None else len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        if self.batches is not None:
+            yield from self.batches
+            return
+        kept, size = [], 0
+        for batch in self.loader:
+            if kept is not None:
+                size += sum(t.numel() * t.element_size() for t in batch if isinstance(t, torch.Tensor))
+                if size <= self.max_bytes:
+                    kept.append(batch)
+                else:
+                    kept = None
+            yield batch
+        if kept is not None:  # only a complete pass is replayed
+            self.batches = kept
+
+
 def _data_loader(stream: IterableDataset, num_workers: int, seed: int, pin_memory: bool) -> DataLoader:
     # batch_size=None: the pipeline batches; the generator keeps DataLoader from drawing its
     # worker base seed from the caller's global RNG
