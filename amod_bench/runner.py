@@ -389,7 +389,9 @@ def _provenance() -> dict:
                                 cwd=Path(__file__).parent, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = None
-    return {"versions": {"torch": torch.__version__, "timm": timm.__version__, "ray": ray.__version__,
+    # str(): torch.__version__ is torch's own str subclass, and unpickling it imports torch
+    # (~3 CPU-s) in the board actor, which receives every summary
+    return {"versions": {"torch": str(torch.__version__), "timm": timm.__version__, "ray": ray.__version__,
                          "python": platform.python_version()},
             "git_commit": commit}
 

@@ -1,5 +1,5 @@
 """The runner's decisions that need no Ray cluster: the searched value, the cells to run, how many
-at once, and which of Ray Train's helper actors a cell's trainer starts."""
+at once, which of Ray Train's helper actors a cell's trainer starts, and that summaries stay plain data."""
 from __future__ import annotations
 
 import pytest
@@ -80,3 +80,17 @@ def test_cell_trainer_leaves_out_only_the_helper_actors_a_cell_never_uses(own_in
     left_out = {"DatasetsCallback", "PlacementGroupCleanerCallback"} if own_instance else {"DatasetsCallback"}
     assert left_out <= set(default)
     assert lean == [name for name in default if name not in left_out]
+
+
+def test_provenance_is_plain_data_so_the_board_never_imports_torch():
+    # every summary, provenance included, is unpickled by the board actor: a class in it
+    # (torch.__version__ is torch's own str subclass) makes that process import its module
+    import pickle
+    import pickletools
+
+    from amod_bench.runner import _provenance
+
+    provenance = _provenance()
+    classes = [op.name for op, _, _ in pickletools.genops(pickle.dumps(provenance))
+               if op.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "NEWOBJ", "REDUCE")]
+    assert classes == [] and set(provenance["versions"]) == {"torch", "timm", "ray", "python"}
