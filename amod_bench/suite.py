@@ -35,7 +35,7 @@ Full example (every field shown; most have defaults and can be left out)::
         gpus_per_worker: 1
         max_failures: 2                 # worker-group restarts from the last checkpoint
         checkpoints_to_keep: 1
-        eval_cache_mb: 256              # a worker's eval batches stay in RAM when they fit (0: re-read)
+        data_cache_mb: 256              # small splits stay in RAM per worker (0: stream every epoch)
       router_options:                   # router -> build_model(**options), for that router's cells only
         mod_tanh: {alpha: 0.1}
         amod: {score_impl: explicit}
@@ -253,7 +253,7 @@ class Resources:
     gpus_per_worker: float = field(default=0.0, metadata=_GPUS)  # 0 = CPU; a fraction shares a GPU
     max_failures: int = field(default=0, metadata=_FAILURES)  # restarts from the last checkpoint (FailureConfig)
     checkpoints_to_keep: int | None = field(default=1, metadata=_AT_LEAST_1)  # CheckpointConfig.num_to_keep; null = all
-    eval_cache_mb: float = field(default=256.0, metadata=_NON_NEGATIVE)  # eval batches kept in RAM per worker when they fit; 0 = re-read
+    data_cache_mb: float = field(default=256.0, metadata=_NON_NEGATIVE)  # RAM per worker for each of: eval batches, raw train shards (loader workers 0); 0 = stream
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from amod_bench.data import ReplayedBatches, eval_loader, open_dataset, train_loader
+    from amod_bench.data import ReplayedBatches, ShardCache, eval_loader, open_dataset, train_loader
     from amod_bench.models import build_model
 
     context = ray.train.get_context()
@@ -157,12 +157,16 @@ def train_loop_per_worker(config: dict) -> None:
                        std=config["std"], rank=rank, world_size=world_size,
                        num_workers=config["num_loader_workers"], on_error=config["on_error"])
 
+    # small splits stay in memory: the raw training shards (read again every epoch) and the
+    # evaluation batches (identical at every evaluation)
+    cache_bytes = int(config["resources"]["data_cache_mb"] * 2 ** 20)
+    shard_cache = ShardCache(cache_bytes) if config["num_loader_workers"] == 0 else None
+
     def epoch_batches(epoch: int):
         return train_loader(dataset, split="train", seed=config["seed"], epoch=epoch,
-                            augment=config["augment"], **loader_args)
+                            augment=config["augment"], shard_cache=shard_cache, **loader_args)
 
-    val_batches = ReplayedBatches(eval_loader(dataset, split=config["eval_split"], **loader_args),
-                                  max_bytes=int(config["resources"]["eval_cache_mb"] * 2 ** 20))
+    val_batches = ReplayedBatches(eval_loader(dataset, split=config["eval_split"], **loader_args), cache_bytes)
     steps_per_epoch = len(epoch_batches(0))
     if steps_per_epoch == 0:
         raise ValueError(f"{config['dataset']}: fewer training samples than one global batch "

@@ -74,9 +74,10 @@ def test_train_steps_equal_on_every_rank_and_exact(digits):
         assert all(b[0].shape == (batch_size, 3, 16, 16) and b[1].dtype == torch.long for b in batches)
 
 
-def _train_stream(ds, seed, epoch, rank=0, world_size=4, num_workers=0):
+def _train_stream(ds, seed, epoch, rank=0, world_size=4, num_workers=0, shard_cache=None):
     loader = train_loader(ds, batch_size=16, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
-                          num_workers=num_workers, with_keys=True, shuffle_buffer=200, **KW)
+                          num_workers=num_workers, with_keys=True, shuffle_buffer=200, shard_cache=shard_cache,
+                          **KW)
     batches = list(loader)
     return [k for b in batches for k in b[3]], torch.cat([b[0] for b in batches]), \
         torch.cat([b[1] for b in batches])
@@ -141,6 +142,29 @@ def test_replayed_batches_stream_again_when_over_the_cap_or_cut_short(digits, tm
     for loader in (too_big, cut_short):
         with pytest.raises(DatasetError, match="digits-val-000000.tar: cannot read it"):
             list(loader)
+
+
+def test_shard_cache_keeps_whole_clean_shards_and_leaves_the_stream_unchanged(digits, tmp_path):
+    from amod_bench.data import ShardCache
+
+    ds = _shard_copy(digits, tmp_path / "copy")
+    plain = [_train_stream(ds, seed=0, epoch=e) for e in (0, 1)]
+    cache = ShardCache(max_bytes=10 ** 8)
+    cached = [_train_stream(ds, seed=0, epoch=e, shard_cache=cache) for e in (0, 1)]
+    for a, b in zip(plain, cached):
+        assert a[0] == b[0] and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+    counts = dict(ds.shards("train"))
+    assert cache.shards and all(len(samples) == counts[url] for url, samples in cache.shards.items())
+    for url in cache.shards:  # a cached shard is never read again: emptied, it would fail
+        Path(url).write_bytes(b"")
+    again = _train_stream(ds, seed=0, epoch=1, shard_cache=cache)
+    assert again[0] == plain[1][0] and torch.equal(again[1], plain[1][1])
+    full = ShardCache(max_bytes=0)  # nothing fits: every shard is streamed from its file
+    _train_stream(_shard_copy(digits, tmp_path / "copy2"), seed=0, epoch=0, shard_cache=full)
+    assert full.shards == {} and full.size == 0
+    with pytest.raises(ValueError, match="num_workers=0"):
+        train_loader(ds, batch_size=16, seed=0, epoch=0, rank=0, world_size=1, num_workers=1,
+                     shard_cache=cache, **KW)
 
 
 def test_loader_argument_errors(digits):

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from amod_bench.data.errors import DatasetError
 from amod_bench.data.manifest import Dataset, is_remote
-from amod_bench.data.reading import ON_ERROR, SkipCounter, _raise_or_skip, decode_sample, read_shards
+from amod_bench.data.reading import ON_ERROR, ShardCache, SkipCounter, _raise_or_skip, decode_sample, read_shards
 from amod_bench.data.transforms import BatchNormalize, eval_transform, resolve_augment, train_transform
 
 
@@ -149,9 +149,10 @@ class _TrainStream(IterableDataset):
 
     def __init__(self, ds: Dataset, shards, *, steps: int, batch_size: int, img_size: int, transform,
                  normalize: BatchNormalize, seed: int, epoch: int, rank: int, world_size: int, on_error: str,
-                 shuffle_buffer: int, with_keys: bool):
+                 shuffle_buffer: int, with_keys: bool, shard_cache: ShardCache | None):
         super().__init__()
         self.shards = [(url, n) for url, n in shards if n > 0]  # empty shards would only be redrawn
+        self.shard_cache = shard_cache
         self.num_samples = sum(n for _, n in self.shards)
         self.num_classes, self.exact = ds.num_classes, ds.exact_counts
         self.steps, self.batch_size, self.img_size, self.transform = steps, batch_size, img_size, transform
@@ -177,7 +178,8 @@ class _TrainStream(IterableDataset):
             wds.ResampledShards([url for url, _ in self.shards], deterministic=True,
                                 worker_seed=functools.partial(int, stream_seed)),
             functools.partial(read_shards, counts=dict(self.shards), exact=self.exact, on_error=self.on_error,
-                              counter=counter, max_failed_shards=2 * len(self.shards) + 10),
+                              counter=counter, max_failed_shards=2 * len(self.shards) + 10,
+                              cache=self.shard_cache),
             wds.shuffle(bufsize, initial=bufsize, seed=_mix(stream_seed, 1)),
             functools.partial(_decoded, num_classes=self.num_classes, transform=self.transform, rng=rng,
                               on_error=self.on_error, counter=counter),
@@ -285,7 +287,8 @@ def _data_loader(stream: IterableDataset, num_workers: int, seed: int, pin_memor
 def train_loader(ds: Dataset, split: str = "train", *, batch_size: int, img_size: int, mean: Sequence[float],
                  std: Sequence[float], seed: int, epoch: int, rank: int, world_size: int, num_workers: int = 0,
                  on_error: str = "raise", augment: dict | None = None, shuffle_buffer: int = 1000,
-                 with_keys: bool = False, pin_memory: bool = False) -> DataLoader:
+                 with_keys: bool = False, pin_memory: bool = False,
+                 shard_cache: ShardCache | None = None) -> DataLoader:
     """The training batches of one rank for one epoch.
 
     Args:
@@ -302,12 +305,16 @@ def train_loader(ds: Dataset, split: str = "train", *, batch_size: int, img_size
         shuffle_buffer: samples held by each worker's shuffle buffer (raw bytes).
         with_keys: also yield the list of sample keys as a 4th element.
         pin_memory: passed to the DataLoader.
+        shard_cache: raw shards kept in memory across calls (epochs); it lives in this
+            process, so only with num_workers=0. The stream is the same with or without it.
 
     `len(loader)` = floor(num_samples / (batch_size * world_size)), identical on every rank,
     and exactly that many batches are yielded.
     """
     shards = _check_args(ds, split, batch_size=batch_size, img_size=img_size, mean=mean, std=std, rank=rank,
                          world_size=world_size, num_workers=num_workers, on_error=on_error)
+    if shard_cache is not None and num_workers:
+        raise ValueError("shard_cache lives in the calling process: it needs num_workers=0")
     num_samples = ds.num_samples(split)
     steps = num_samples // (batch_size * world_size)
     if steps == 0:
@@ -318,7 +325,7 @@ def train_loader(ds: Dataset, split: str = "train", *, batch_size: int, img_size
                           transform=train_transform(img_size, augment),
                           normalize=BatchNormalize(mean, std, augment["random_erasing"]), seed=seed, epoch=epoch,
                           rank=rank, world_size=world_size, on_error=on_error, shuffle_buffer=shuffle_buffer,
-                          with_keys=with_keys)
+                          with_keys=with_keys, shard_cache=shard_cache)
     return _data_loader(stream, num_workers, _mix(seed, epoch, rank), pin_memory)
 
 
