@@ -208,45 +208,44 @@ def _remote_board():
 
         def __init__(self, finished: dict):
             self.finished = finished
-            self.finishing = asyncio.Condition()
             self.reports: dict[str, list[dict]] = {}
             self.closed: set[str] = set()
-            self.posted: dict[str, asyncio.Event] = {}
+            self.changed = asyncio.Condition()  # notified on every finish, post and close
+
+        async def _changed(self) -> None:
+            # one event loop runs every call: the state is already updated, waiters recheck it
+            async with self.changed:
+                self.changed.notify_all()
+
+        async def _wait(self, ready, wait_seconds: float) -> None:
+            async with self.changed:
+                try:
+                    await asyncio.wait_for(self.changed.wait_for(ready), wait_seconds)
+                except asyncio.TimeoutError:
+                    pass
 
         async def finish(self, cell_id: str, summary: dict) -> None:
-            async with self.finishing:
-                self.finished[cell_id] = summary
-                self.finishing.notify_all()
+            self.finished[cell_id] = summary
+            await self._changed()
 
         async def get(self, cell_ids: list[str], wait_seconds: float = 0.0) -> dict:
             """Summaries of these cells (None: not finished); waits up to wait_seconds for all."""
-            async with self.finishing:
-                try:
-                    await asyncio.wait_for(self.finishing.wait_for(
-                        lambda: all(cid in self.finished for cid in cell_ids)), wait_seconds)
-                except asyncio.TimeoutError:
-                    pass
+            await self._wait(lambda: all(cid in self.finished for cid in cell_ids), wait_seconds)
             return {cid: self.finished.get(cid) for cid in cell_ids}
 
         async def post(self, cell_id: str, report: dict) -> None:
             self.reports.setdefault(cell_id, []).append(report)
-            self.posted.setdefault(cell_id, asyncio.Event()).set()
+            await self._changed()
 
         async def close(self, cell_id: str) -> None:
             """The cell's run has ended: every report it will make is posted."""
             self.closed.add(cell_id)
-            self.posted.setdefault(cell_id, asyncio.Event()).set()
+            await self._changed()
 
         async def take(self, cell_id: str, wait_seconds: float) -> tuple[list[dict], bool]:
             """(the cell's reports not taken yet, oldest first; whether its run has ended).
             Waits up to wait_seconds for either."""
-            posted = self.posted.setdefault(cell_id, asyncio.Event())
-            if not self.reports.get(cell_id) and cell_id not in self.closed:
-                try:
-                    await asyncio.wait_for(posted.wait(), wait_seconds)
-                except asyncio.TimeoutError:
-                    pass
-            posted.clear()
+            await self._wait(lambda: bool(self.reports.get(cell_id)) or cell_id in self.closed, wait_seconds)
             return self.reports.pop(cell_id, []), cell_id in self.closed
 
     return CellBoard
