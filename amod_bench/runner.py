@@ -308,34 +308,69 @@ def cell_trainer_class(own_instance: bool):
     return CellTrainer
 
 
+def _await_cells(board, cell_ids: list[str]) -> dict:
+    """The summaries of these cells, once every one has finished."""
+    import ray
+
+    summaries = ray.get(board.get.remote(cell_ids, BOARD_WAIT_SECONDS))
+    while any(s is None for s in summaries.values()):
+        summaries = ray.get(board.get.remote(cell_ids, BOARD_WAIT_SECONDS))
+    return summaries
+
+
+def _parent_weights(parent_id: str, summary: dict) -> str:
+    from amod_bench.train import CHECKPOINT_WEIGHTS
+
+    if summary["status"] != "done" or not summary.get("checkpoint"):
+        raise RuntimeError(f"cannot start: {parent_id}, whose checkpoint this cell starts from, "
+                           f"ended {summary['status']}")
+    return os.path.join(summary["checkpoint"], CHECKPOINT_WEIGHTS)
+
+
+class ParentWeights:
+    """`init_weights` of a prestarted cell (resources.prestart): called in the cell's workers once
+    they are up, it waits for the parent cell to finish and returns its weights file."""
+
+    def __init__(self, board, parent_id: str):
+        self.board, self.parent_id = board, parent_id
+
+    def __call__(self) -> str:
+        return _parent_weights(self.parent_id, _await_cells(self.board, [self.parent_id])[self.parent_id])
+
+
+def _resolved(config: dict, summaries: dict) -> dict:
+    """The config values known only once the dependencies have finished: the initial weights
+    ("timm", a local file, or the parent cell's weights) and a search's pick."""
+    resolved = {"init_weights": config["pretrained_path"] or config["pretrained"]}
+    if config.get("init_from"):
+        resolved["init_weights"] = _parent_weights(config["init_from"], summaries[config["init_from"]])
+    if config.get("select"):
+        resolved[config["select"]["param"]] = _select_value(config["select"], summaries)
+    return resolved
+
+
 def run_cell(params: dict, *, cells: dict, board, storage: str, worker_env: dict, own_instance: bool) -> None:
-    """A Tune function trainable: wait for dependencies, then fit the cell's TorchTrainer."""
+    """A Tune function trainable: wait for dependencies, then fit the cell's TorchTrainer.
+
+    With resources.prestart, a cell that only waits for its init_from parent fits at once and
+    its workers wait for the parent's weights: Ray's start-up (controller and worker processes,
+    their imports) overlaps the parent's training instead of following it."""
     import ray
     import ray.train
     from ray import tune
 
-    from amod_bench.train import CHECKPOINT_WEIGHTS, train_loop_per_worker
+    from amod_bench.train import train_loop_per_worker
 
     cell = cells[params["cell_id"]]
     config = dict(cell.config)
     deps = dependencies(config)
-    summaries = ray.get(board.get.remote(deps, BOARD_WAIT_SECONDS))
-    while any(s is None for s in summaries.values()):
-        summaries = ray.get(board.get.remote(deps, BOARD_WAIT_SECONDS))
-
-    # "timm" (hub download) or the absolute path of a local checkpoint file
-    config["init_weights"] = config["pretrained_path"] or config["pretrained"]
-    if config.get("init_from"):
-        parent = summaries[config["init_from"]]
-        if parent["status"] != "done" or not parent.get("checkpoint"):
-            raise RuntimeError(f"cannot start: {config['init_from']}, whose checkpoint this cell "
-                               f"starts from, ended {parent['status']}")
-        config["init_weights"] = os.path.join(parent["checkpoint"], CHECKPOINT_WEIGHTS)
-    if config.get("select"):
-        config[config["select"]["param"]] = _select_value(config["select"], summaries)
-    tune.report({"resolved": {"init_weights": config["init_weights"],
-                              **({config["select"]["param"]: config[config["select"]["param"]]}
-                                 if config.get("select") else {})}})
+    prestart = config["resources"]["prestart"] and deps == [config.get("init_from")]
+    if prestart:
+        config["init_weights"] = ParentWeights(board, config["init_from"])
+    else:
+        resolved = _resolved(config, _await_cells(board, deps))
+        config.update(resolved)
+        tune.report({"resolved": resolved})
 
     resources = config["resources"]
     trainer = cell_trainer_class(own_instance)(
@@ -365,6 +400,12 @@ def run_cell(params: dict, *, cells: dict, board, storage: str, worker_env: dict
 
     fitting = threading.Thread(target=fit, name=f"fit {cell.id}", daemon=True)
     fitting.start()
+    if prestart:  # reported before any of the cell's rows, which come after the parent's end
+        try:
+            tune.report({"resolved": _resolved(config, _await_cells(board, deps))})
+        except RuntimeError:  # the parent failed: the workers fail on the same check
+            fitting.join()
+            raise
     closed = False
     while not closed:
         reports, closed = ray.get(board.take.remote(cell.id, BOARD_WAIT_SECONDS))
@@ -490,7 +531,11 @@ def _callback_class():
             self._finish(trial, "done")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            error = trial.get_error() or "unknown error (see the Ray logs under /tmp/ray/session_latest/logs)"
+            # Tune writes the error to the trial's local folder now and to storage later, which is
+            # where get_error() reads it: at this point only the local file is sure to exist
+            local = Path(trial.error_file) if trial.error_file else None
+            error = (local.read_text() if local and local.exists() else trial.get_error()) \
+                or "unknown error (see the Ray logs under /tmp/ray/session_latest/logs)"
             last_line = [line for line in str(error).strip().splitlines() if line.strip()][-1:]
             self._finish(trial, "failed", last_line[0] if last_line else str(error))
 

@@ -177,10 +177,13 @@ def train_loop_per_worker(config: dict) -> None:
     macs_per_step = config["train_macs_per_sample"] * config["batch_size"]
 
     # ---- model and optimizer; an earlier stage's checkpoint or a timm checkpoint seeds the weights
+    init_weights = config["init_weights"]
+    if callable(init_weights):  # a checkpoint still in training: this call waits for it
+        init_weights = init_weights()
     model = build_model(config["model"], router=config["router"], capacity=config["capacity"],
                         routed_layers=config["routed_layers"], cls_policy=config["cls_policy"],
                         num_classes=dataset.num_classes, img_size=config["img_size"],
-                        pretrained=config["init_weights"], drop_path_rate=config["drop_path"],
+                        pretrained=init_weights, drop_path_rate=config["drop_path"],
                         **config["router_options"])
     model = ray.train.torch.prepare_model(model)
     optimizer = build_optimizer(model, config)

@@ -120,7 +120,10 @@ def test_same_cell_twice_gives_identical_metrics(ray_cluster, tmp_path):
     assert len(histories[0]) == 3
 
 
-def test_init_from_an_earlier_stage_starts_from_its_checkpoint(ray_cluster, tmp_path):
+@pytest.mark.parametrize("prestart", [False, True])
+def test_init_from_an_earlier_stage_starts_from_its_checkpoint(ray_cluster, tmp_path, prestart):
+    # prestart: with 2 cells at a time, a fine-tune cell's workers start beside the pretrain
+    # and must wait for its final checkpoint, not load an earlier one or none
     path = write_suite(tmp_path, "chain", """\
         - name: pretrain
           grid: {router: dense}
@@ -128,7 +131,7 @@ def test_init_from_an_earlier_stage_starts_from_its_checkpoint(ray_cluster, tmp_
           init_from: pretrain
           grid: {router: [amod, mod_tanh], capacity: 1.0}
           recipe: {epochs: 0.5, eval_every: 0.5}
-        """)
+        """, resources=f"workers: 1, cpus_per_worker: 1, max_failures: 1, prestart: {str(prestart).lower()}")
     statuses = run_suite(path)
     results, cells = cells_of(path)
     assert set(statuses.values()) == {"done"}
@@ -144,6 +147,23 @@ def test_init_from_an_earlier_stage_starts_from_its_checkpoint(ray_cluster, tmp_
         start = results.cell(cell.id).read_metrics()[0]
         assert start["step"] == 0
         assert start["val_top1"] == pytest.approx(pretrained_rows[-1]["val_top1"])
+
+
+def test_prestarted_cell_of_a_diverged_parent_fails_naming_it(ray_cluster, tmp_path):
+    path = write_suite(tmp_path, "orphan", """\
+        - name: pretrain
+          grid: {router: dense, optimizer: sgd, lr: 1.0e+12}
+        - name: finetune
+          init_from: pretrain
+          grid: {router: mod, capacity: 0.5}
+        """, resources="workers: 1, cpus_per_worker: 1, max_failures: 0, prestart: true")
+    statuses = run_suite(path)
+    results, cells = cells_of(path)
+    pretrain, finetune = sorted(cells, key=lambda c: c.stage != "pretrain")
+    assert statuses == {pretrain.id: "diverged", finetune.id: "failed"}
+    error = results.cell(finetune.id).read_summary()["error"]
+    assert f"cannot start: {pretrain.id}" in error and "ended diverged" in error
+    assert results.cell(finetune.id).read_metrics() == []
 
 
 def test_interrupted_suite_reruns_only_unfinished_cells(ray_cluster, tmp_path):

@@ -349,7 +349,8 @@ def test_cell_config_paths_and_defaults(tmp_path):
     assert config["dataset_path"] == "bundled:digits"
     assert config["augment"] == {}  # nothing set: the dataset's own defaults apply
     assert config["resources"] == {"workers": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0,
-                                   "max_failures": 0, "checkpoints_to_keep": 1, "data_cache_mb": 256.0}
+                                   "max_failures": 0, "checkpoints_to_keep": 1, "data_cache_mb": 256.0,
+                                   "prestart": False}
     assert config["targets"] == {"within_peak_pct": 2.0, "top1": None}
     mod_tanh = next(c for c in expand(suite) if c.config["router"] == "mod_tanh")
     assert mod_tanh.config["router_options"] == {"alpha": 0.5}
