@@ -16,6 +16,7 @@ import torch
 
 from amod_bench.data import (DatasetError, ReplayedBatches, eval_loader, missing_dataset_message, open_dataset,
                              train_loader)
+from amod_bench.data.reading import IMAGE_FIELDS
 from amod_bench.data.sources import make_source
 from amod_bench.data.writer import write_shards
 
@@ -157,6 +158,11 @@ def test_shard_cache_keeps_whole_clean_shards_and_leaves_the_stream_unchanged(di
     assert cache.shards and all(len(samples) == counts[url] for url, samples in cache.shards.items())
     for url in cache.shards:  # a cached shard is never read again: emptied, it would fail
         Path(url).write_bytes(b"")
+    # a cached sample decoded once keeps its image: garbled bytes, it would fail to decode
+    remembered = [s for samples in cache.shards.values() for s in samples if "__decoded__" in s]
+    assert len(remembered) > 100  # those epoch 1 decoded after their shard was cached
+    for sample in remembered:
+        sample.update({field: b"garbled" for field in IMAGE_FIELDS if field in sample})
     again = _train_stream(ds, seed=0, epoch=1, shard_cache=cache)
     assert again[0] == plain[1][0] and torch.equal(again[1], plain[1][1])
     full = ShardCache(max_bytes=0)  # nothing fits: every shard is streamed from its file

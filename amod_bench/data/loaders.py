@@ -76,10 +76,10 @@ class _IsolatedRNG:
 
 
 def _decoded(samples, *, num_classes: int, transform, rng: _IsolatedRNG | None, on_error: str,
-             counter: SkipCounter):
+             counter: SkipCounter, decode=decode_sample):
     for sample in samples:
         try:
-            image, label = decode_sample(sample, num_classes)
+            image, label = decode(sample, num_classes)
         except DatasetError as error:
             _raise_or_skip(error, on_error, counter, 1)
             continue
@@ -182,7 +182,8 @@ class _TrainStream(IterableDataset):
                               cache=self.shard_cache),
             wds.shuffle(bufsize, initial=bufsize, seed=_mix(stream_seed, 1)),
             functools.partial(_decoded, num_classes=self.num_classes, transform=self.transform, rng=rng,
-                              on_error=self.on_error, counter=counter),
+                              on_error=self.on_error, counter=counter,
+                              decode=self.shard_cache.decode if self.shard_cache is not None else decode_sample),
             functools.partial(_batches, batch_size=self.batch_size, counter=counter, with_keys=self.with_keys,
                               img_size=self.img_size, hold=False, normalize=self.normalize, rng=rng),
         ).with_epoch(nbatches=batches)

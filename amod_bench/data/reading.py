@@ -69,11 +69,15 @@ def _raise_or_skip(error: DatasetError, on_error: str, counter: SkipCounter | No
     counter.skip(n, error)
 
 
+_DECODED = "__decoded__"  # a cached sample's (image, label), kept in the sample's own dict
+
+
 class ShardCache:
-    """Raw samples of whole shards, kept in memory up to `max_bytes` of image and label bytes,
-    so a loop that streams the same small shards every epoch parses each tar once: webdataset's
-    tar reader is pure Python, ~40 % of the quickstart's data time. Only shards read completely
-    and cleanly are kept; a shard that does not fit is read from its file every time."""
+    """Raw samples of whole shards, kept in memory up to `max_bytes` of image and label bytes
+    (and of decoded pixels, see `decode`), so a loop that streams the same small shards every
+    epoch parses each tar once: webdataset's tar reader is pure Python, ~40 % of the
+    quickstart's data time. Only shards read completely and cleanly are kept; a shard that
+    does not fit is read from its file every time."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes, self.size = max_bytes, 0
@@ -87,6 +91,20 @@ class ShardCache:
         if self.size + size <= self.max_bytes:
             self.shards[url] = samples
             self.size += size
+
+    def decode(self, sample: dict, num_classes: int | None):
+        """decode_sample, remembered beside the bytes of a cached shard's sample while the budget
+        allows: decoding each small image again every epoch cost a third of the quickstart's
+        data time. (Transforms return new images, so a remembered one is never altered.)"""
+        decoded = sample.get(_DECODED)
+        if decoded is None:
+            decoded = decode_sample(sample, num_classes)
+            image = decoded[0]
+            size = image.width * image.height * len(image.getbands())
+            if sample.get("__url__") in self.shards and self.size + size <= self.max_bytes:
+                sample[_DECODED] = decoded
+                self.size += size
+        return decoded
 
 
 def read_shards(shards: Iterable[dict], *, counts: dict[str, int], exact: bool, on_error: str = "raise",
