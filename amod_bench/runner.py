@@ -6,7 +6,9 @@
 
 Ray Tune only schedules: a trial waits for the cells it depends on (an earlier
 stage's checkpoint, or a search stage's results), then fits one TorchTrainer
-whose workers run `amod_bench.train.train_loop_per_worker`. Every report from
+whose workers run `amod_bench.train.train_loop_per_worker` (with
+`resources.prestart`, a cell that waits only for an earlier stage's checkpoint
+fits at once and its workers do the waiting). Every report from
 rank 0 reaches this driver process through Tune (the cell's controller posts it on
 the suite's board actor, the cell's trial hands it to Tune), where `ResultsWriter`
 turns it into the cell's result files; so results land on the machine that runs

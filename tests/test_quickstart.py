@@ -24,6 +24,7 @@ def test_shrunken_quickstart_runs_through_ray_and_reports(ray_cluster, tmp_path)
 
     overrides = [f"output={tmp_path / 'quickstart'}",
                  "stages.pretrain.recipe.epochs=1",
+                 "stages.pretrain.recipe.eval_every=1",
                  "stages.finetune.grid.router=[dense, isoflop, mod, amod]",
                  "stages.finetune.grid.capacity=[0.5]",
                  "stages.finetune.grid.seed=[0]",
