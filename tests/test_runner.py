@@ -120,10 +120,11 @@ def test_same_cell_twice_gives_identical_metrics(ray_cluster, tmp_path):
     assert len(histories[0]) == 3
 
 
-@pytest.mark.parametrize("prestart", [False, True])
-def test_init_from_an_earlier_stage_starts_from_its_checkpoint(ray_cluster, tmp_path, prestart):
-    # prestart: with 2 cells at a time, a fine-tune cell's workers start beside the pretrain
-    # and must wait for its final checkpoint, not load an earlier one or none
+def test_init_from_an_earlier_stage_starts_from_its_checkpoint(ray_cluster, tmp_path):
+    # With prestart and 2 cells at a time, a fine-tune cell's workers start beside the pretrain
+    # and must wait for its final checkpoint, not load an earlier one or none. (Without prestart
+    # the trial waits and resolves the same way before fitting: every other test's cells take
+    # that path, with no dependency to wait for.)
     path = write_suite(tmp_path, "chain", """\
         - name: pretrain
           grid: {router: dense}
@@ -131,7 +132,7 @@ def test_init_from_an_earlier_stage_starts_from_its_checkpoint(ray_cluster, tmp_
           init_from: pretrain
           grid: {router: [amod, mod_tanh], capacity: 1.0}
           recipe: {epochs: 0.5, eval_every: 0.5}
-        """, resources=f"workers: 1, cpus_per_worker: 1, max_failures: 1, prestart: {str(prestart).lower()}")
+        """, resources="workers: 1, cpus_per_worker: 1, max_failures: 1, prestart: true")
     statuses = run_suite(path)
     results, cells = cells_of(path)
     assert set(statuses.values()) == {"done"}
