@@ -22,6 +22,7 @@ retries failed or diverged cells only with `--retry-failed`.
 """
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import math
 import os
@@ -196,8 +197,6 @@ def concurrency(cells, total: dict, suite_cap: int, cli_cap: int | None) -> int:
 # --------------------------------------------------------------------------- one trial = one cell
 
 def _remote_board():
-    import asyncio
-
     import ray
 
     @ray.remote(num_cpus=0)
@@ -286,26 +285,42 @@ def _select_value(select: dict, summaries: dict) -> object:
 
 
 def cell_trainer_class(own_instance: bool):
-    """TorchTrainer less the helper actors a cell has no use for.
+    """TorchTrainer less the helper processes a cell has no use for.
 
-    Ray Train V2 starts, besides each run's controller and workers, a DatasetManager (for
+    Ray's TrainController runs in the cell's trial process, in the thread that calls `fit()`,
+    instead of in an actor of its own. Ray Tune's trial process only waits for the run, so a
+    second process per cell bought nothing and cost its start and its imports (ray.train and,
+    through the TorchConfig it unpickles, torch): ~11 CPU-seconds per cell, measured (3
+    sequential fine-tune cells: 133-142 CPU-s against 166-179). Its workers and their
+    synchronization actor are Ray's, unchanged; the workers' `controller_actor` handle is then
+    the trial's actor, which only `ray.train.get_all_reported_checkpoints()` would call, and the
+    training loop never does.
+
+    Ray Train V2 also starts, besides each run's controller and workers, a DatasetManager (for
     Ray Data datasets; cells stream WebDataset shards themselves and pass none) and a
     detached PlacementGroupCleaner (which frees a run's placement group if its controller
     dies; a Ray instance of our own dies with this process anyway). Each is a process that
     imports ray.train: 3-4 CPU-seconds, measured, per cell and helper; on 2 cores the two
     cost the quickstart's 28 cells about 80 s (796 s with them, 717 s without, same day).
     The cleaner stays on a shared cluster. (`_create_default_callbacks` is Ray's private
-    hook; tests/test_runner_select.py checks that these helpers, and only these, are left
-    out, so a Ray upgrade that renames them fails there.)"""
+    hook, as `_initialize_and_run_controller` is; tests/test_runner_select.py checks that these
+    helpers, and only these, are left out, and tests/test_runner.py that a suite's run starts
+    no TrainController actor, so a Ray upgrade that renames them fails there.)"""
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    from ray.train.v2._internal.execution.controller import TrainController
 
     unused = (DatasetsCallback, PlacementGroupCleanerCallback) if own_instance else (DatasetsCallback,)
 
     class CellTrainer(TorchTrainer):
         def _create_default_callbacks(self):
             return [cb for cb in super()._create_default_callbacks() if not isinstance(cb, unused)]
+
+        def _initialize_and_run_controller(self, **controller_init_kwargs):
+            controller = TrainController(**controller_init_kwargs)
+            asyncio.run(controller.run())
+            return controller.get_result()
 
     return CellTrainer
 

@@ -50,6 +50,9 @@ def cells_of(path: Path):
 
 def test_two_node_ddp_cell_keeps_ranks_identical(ray_cluster, tmp_path):
     # Each node has 2 CPUs and each worker asks for 2, so the two DDP ranks sit on different nodes.
+    # The cell's TrainController runs in its trial's process (runner.cell_trainer_class).
+    import ray
+
     path = write_suite(tmp_path, "ddp", """\
         - name: main
           grid: {router: amod, capacity: 0.5}
@@ -66,6 +69,10 @@ def test_two_node_ddp_cell_keeps_ranks_identical(ray_cluster, tmp_path):
     assert rows[-1]["samples"] == 20 * 64
     assert rows[-1]["train_macs"] == 20 * 64 * cell_config(results, cell.id)["train_macs_per_sample"]
     assert all(0 <= r["val_top1"] <= 100 for r in rows)
+    # The cluster's actor table (every actor of the session, dead ones too): Ray Train's workers,
+    # and never a controller actor
+    classes = {actor["ActorClassName"] for actor in ray._private.state.actors().values()}
+    assert "RayTrainWorker" in classes and "TrainController" not in classes
 
 
 def cell_config(results: ResultsFolder, cell_id: str) -> dict:
