@@ -1,8 +1,6 @@
 #!/usr/bin/env python
 """amod-bench entry point: `python bench.py --help` lists the subcommands."""
-import sys
-
-from amod_bench.cli import main
+from amod_bench.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -8,7 +8,7 @@ Ray Tune only schedules: a trial waits for the cells it depends on (an earlier
 stage's checkpoint, or a search stage's results), then fits one TorchTrainer
 whose workers run `amod_bench.train.train_loop_per_worker` (with
 `resources.prestart`, a cell that waits only for an earlier stage's checkpoint
-fits at once and its workers do the waiting). Every report from
+fits as soon as that cell trains, and its workers do the rest of the waiting). Every report from
 rank 0 reaches this driver process through Tune (the cell's controller posts it on
 the suite's board actor, the cell's trial hands it to Tune), where `ResultsWriter`
 turns it into the cell's result files; so results land on the machine that runs
@@ -174,6 +174,15 @@ def ray_session(address: str | None, num_cpus: int | None, worker_env: dict | No
         ray.shutdown()
 
 
+def launch_order(cells: list) -> list:
+    """The order Tune starts cells in: stage by stage (a later stage waits for an earlier one),
+    and within a stage the most training MACs first, so the cells that run alone at the end,
+    when a slot has nothing left to take, are the cheapest."""
+    stages = list(dict.fromkeys(c.stage for c in cells))
+    return sorted(cells, key=lambda c: (stages.index(c.stage),
+                                        -c.config["train_macs_per_sample"] * c.config["epochs"]))
+
+
 def concurrency(cells, total: dict, suite_cap: int, cli_cap: int | None) -> int:
     """Cells at once: the suite's cap (or --max-concurrent), bounded by how many of the
     smallest cell fit the cluster. A bigger cell (a multi-worker pretrain before many
@@ -211,6 +220,7 @@ def _remote_board():
             self.finished = finished
             self.reports: dict[str, list[dict]] = {}
             self.closed: set[str] = set()
+            self.started: set[str] = set()  # cells that have reported at least once
             self.changed = asyncio.Condition()  # notified on every finish, post and close
 
         async def _changed(self) -> None:
@@ -236,7 +246,16 @@ def _remote_board():
 
         async def post(self, cell_id: str, report: dict) -> None:
             self.reports.setdefault(cell_id, []).append(report)
+            self.started.add(cell_id)
             await self._changed()
+
+        async def started_or_finished(self, cell_id: str, wait_seconds: float) -> bool:
+            """Whether the cell has reported (its training has begun) or finished; waits up to
+            wait_seconds for either."""
+            def ready() -> bool:
+                return cell_id in self.started or cell_id in self.finished
+            await self._wait(ready, wait_seconds)
+            return ready()
 
         async def close(self, cell_id: str) -> None:
             """The cell's run has ended: every report it will make is posted."""
@@ -369,9 +388,9 @@ def _resolved(config: dict, summaries: dict) -> dict:
 def run_cell(params: dict, *, cells: dict, board, storage: str, worker_env: dict, own_instance: bool) -> None:
     """A Tune function trainable: wait for dependencies, then fit the cell's TorchTrainer.
 
-    With resources.prestart, a cell that only waits for its init_from parent fits at once and
-    its workers wait for the parent's weights: Ray's start-up (controller and worker processes,
-    their imports) overlaps the parent's training instead of following it."""
+    With resources.prestart, a cell that only waits for its init_from parent fits once the
+    parent trains, and its workers wait for the parent's weights: Ray's start-up (controller and
+    worker processes, their imports) overlaps the parent's training instead of following it."""
     import ray
     import ray.train
     from ray import tune
@@ -383,6 +402,10 @@ def run_cell(params: dict, *, cells: dict, board, storage: str, worker_env: dict
     deps = dependencies(config)
     prestart = config["resources"]["prestart"] and deps == [config.get("init_from")]
     if prestart:
+        # The parent's start-up comes first: both are CPU-bound, and the parent's is on the
+        # suite's critical path. Once it trains, this cell's start-up overlaps its training.
+        while not ray.get(board.started_or_finished.remote(config["init_from"], BOARD_WAIT_SECONDS)):
+            pass
         config["init_weights"] = ParentWeights(board, config["init_from"])
     else:
         resolved = _resolved(config, _await_cells(board, deps))
@@ -594,6 +617,9 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
 
     from ray import tune
 
+    # ResultsWriter writes each cell's files; Tune's own per-trial CSV, JSON and TensorBoard
+    # copies would only cost the driver CPU on every report
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     progress = ProgressTable([c.id for c in to_run], {c.id: c.config["epochs"] for c in to_run})
     started = time.monotonic()
     with ray_session(address, num_cpus, worker_env) as own_instance:
@@ -613,7 +639,7 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
             {"cpu": 0, "memory": 1})
         tuner = tune.Tuner(
             trainable,
-            param_space={"cell_id": tune.grid_search([c.id for c in to_run])},
+            param_space={"cell_id": tune.grid_search([c.id for c in launch_order(to_run)])},
             # reuse_actors: a finished trial's process runs the next cell, which saves each
             # cell a process start and its torch import (the trial only drives a TorchTrainer)
             tune_config=tune.TuneConfig(max_concurrent_trials=at_once, reuse_actors=True),

@@ -36,7 +36,7 @@ Full example (every field shown; most have defaults and can be left out)::
         max_failures: 2                 # worker-group restarts from the last checkpoint
         checkpoints_to_keep: 1
         data_cache_mb: 256              # small splits stay in RAM per worker (0: stream every epoch)
-        prestart: false                 # true: an init_from cell's workers start (and wait) while its parent trains
+        prestart: false                 # true: an init_from cell's workers start (and wait) once its parent trains
       router_options:                   # router -> build_model(**options), for that router's cells only
         mod_tanh: {alpha: 0.1}
         amod: {score_impl: explicit}
@@ -255,7 +255,7 @@ class Resources:
     max_failures: int = field(default=0, metadata=_FAILURES)  # restarts from the last checkpoint (FailureConfig)
     checkpoints_to_keep: int | None = field(default=1, metadata=_AT_LEAST_1)  # CheckpointConfig.num_to_keep; null = all
     data_cache_mb: float = field(default=256.0, metadata=_NON_NEGATIVE)  # RAM per worker for each of: eval batches, raw train shards (loader workers 0); 0 = stream
-    prestart: bool = False  # an init_from cell starts its workers before its parent ends; they hold their CPUs/GPUs while they wait
+    prestart: bool = False  # an init_from cell starts its workers once its parent trains, not after it ends; they hold their CPUs/GPUs while they wait
 
 
 @dataclass(frozen=True)

@@ -242,6 +242,26 @@ def test_board_hands_each_cells_reports_to_its_trial_once_and_in_order(ray_clust
         ray.kill(board)
 
 
+def test_board_tells_a_prestarted_cell_once_its_parent_trains_or_has_finished(ray_cluster):
+    import ray
+
+    from amod_bench.runner import _remote_board
+
+    board = _remote_board().remote({"done-before": {"status": "done"}})
+    try:
+        assert ray.get(board.started_or_finished.remote("done-before", 0.0))
+        assert not ray.get(board.started_or_finished.remote("parent", 0.2))  # waits, then says no
+        waiting = board.started_or_finished.remote("parent", 30.0)
+        ray.get(board.post.remote("parent", {"step": 0}))
+        tic = time.monotonic()
+        assert ray.get(waiting) and time.monotonic() - tic < 10  # woken by the first report
+        ray.get(board.take.remote("parent", 0.0))  # its trial takes the report: still started
+        assert ray.get(board.started_or_finished.remote("parent", 0.0))
+        assert not ray.get(board.started_or_finished.remote("other", 0.0))
+    finally:
+        ray.kill(board)
+
+
 def test_board_wakes_a_trial_waiting_on_dependencies_when_they_finish(ray_cluster):
     import ray
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from amod_bench.runner import _select_value, choose_cells, concurrency, dependencies, RunError
+from amod_bench.runner import _select_value, choose_cells, concurrency, dependencies, launch_order, RunError
 from amod_bench.results import ResultsFolder
 from amod_bench.suite import Cell
 
@@ -38,6 +38,18 @@ def test_dependencies_and_filter_refuse_a_cell_whose_parent_is_neither_done_nor_
         choose_cells([parent, child], results, cell_filter=["finetune"], fresh=False, retry_failed=False)
     to_run, skipped = choose_cells([parent, child], results, cell_filter=[], fresh=False, retry_failed=False)
     assert [c.id for c in to_run] == ["pretrain-x", "finetune-x"] and not skipped
+
+
+def test_launch_order_keeps_stages_in_order_and_starts_the_costliest_cells_of_each_first():
+    def cell(name: str, stage: str, macs: int, epochs: float = 5) -> Cell:
+        return Cell(name, stage, {"train_macs_per_sample": macs, "epochs": epochs})
+
+    cells = [cell("pre", "pretrain", 10), cell("cheap", "finetune", 5), cell("dense-a", "finetune", 20),
+             cell("dense-b", "finetune", 20), cell("mid", "finetune", 12), cell("long", "finetune", 5, epochs=40),
+             cell("last", "eval", 100)]
+    # a later stage never jumps ahead (its cells would wait on earlier ones in a slot); equal
+    # costs keep the plan's order; epochs count, not only the MACs per sample
+    assert [c.id for c in launch_order(cells)] == ["pre", "long", "dense-a", "dense-b", "mid", "cheap", "last"]
 
 
 def _cell(name: str, workers: int, cpus: float, gpus: float = 0) -> Cell:
