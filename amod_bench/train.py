@@ -138,7 +138,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from amod_bench.data import ReplayedBatches, ShardCache, eval_loader, open_dataset, train_loader
+    from amod_bench.data import EpochLoaders, ReplayedBatches, ShardCache, eval_loader, open_dataset, train_loader
     from amod_bench.models import build_model
 
     context = ray.train.get_context()
@@ -175,6 +175,7 @@ def train_loop_per_worker(config: dict) -> None:
     warmup_steps = round(config["warmup_epochs"] * steps_per_epoch)
     eval_every = max(1, round(config["eval_every"] * steps_per_epoch))
     macs_per_step = config["train_macs_per_sample"] * config["batch_size"]
+    epoch_loaders = EpochLoaders(epoch_batches, last_epoch=math.ceil(total_steps / steps_per_epoch) - 1)
 
     # ---- model and optimizer; an earlier stage's checkpoint or a timm checkpoint seeds the weights
     init_weights = config["init_weights"]
@@ -232,7 +233,7 @@ def train_loop_per_worker(config: dict) -> None:
     tic = time.perf_counter()
     while state["step"] < total_steps:
         epoch, offset = divmod(state["step"], steps_per_epoch)
-        for batch_index, (images, labels, skipped) in enumerate(epoch_batches(epoch)):
+        for batch_index, (images, labels, skipped) in enumerate(epoch_loaders(epoch)):
             if batch_index < offset:  # resuming mid-epoch: skip what the checkpoint already trained on
                 continue
             step = state["step"]

@@ -3,6 +3,7 @@ pipe: shard URLs. Data: sklearn digits written to shards in a temp folder (no ne
 from __future__ import annotations
 
 import json
+import multiprocessing
 import socket
 import subprocess
 import sys
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from amod_bench.data import (DatasetError, ReplayedBatches, eval_loader, missing_dataset_message, open_dataset,
-                             train_loader)
+from amod_bench.data import (DatasetError, EpochLoaders, ReplayedBatches, eval_loader, missing_dataset_message,
+                             open_dataset, train_loader)
 from amod_bench.data.reading import IMAGE_FIELDS
 from amod_bench.data.sources import make_source
 from amod_bench.data.writer import write_shards
@@ -116,6 +117,23 @@ def _shard_copy(ds, folder):
 
     shutil.copytree(ds.root, folder)
     return open_dataset(str(folder))
+
+
+def test_epoch_loaders_start_the_next_epochs_workers_early_and_keep_each_epochs_stream(digits):
+    def make(epoch: int, num_workers: int = 1):
+        return train_loader(digits, batch_size=32, seed=0, epoch=epoch, rank=0, world_size=1,
+                            num_workers=num_workers, with_keys=True, **KW)
+
+    loaders = EpochLoaders(make, last_epoch=2)
+    for epoch in range(3):
+        batches = loaders(epoch)
+        # the next epoch's worker is already running before this epoch's first batch is taken
+        assert sorted(loaders.early) == ([epoch + 1] if epoch < 2 else [])
+        assert len(multiprocessing.active_children()) >= (2 if epoch < 2 else 1)
+        assert [k for b in batches for k in b[3]] == [k for b in make(epoch) for k in b[3]]
+    inline = EpochLoaders(lambda epoch: make(epoch, num_workers=0), last_epoch=2)
+    assert [k for b in inline(0) for k in b[3]] == [k for b in make(0, num_workers=0) for k in b[3]]
+    assert not inline.early  # nothing to start early without worker processes
 
 
 def test_replayed_eval_batches_read_the_shards_once_and_replay_them_exactly(digits, tmp_path):

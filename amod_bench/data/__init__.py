@@ -23,6 +23,7 @@ _EXPORTS = {
     "train_loader": "amod_bench.data.loaders",
     "eval_loader": "amod_bench.data.loaders",
     "ReplayedBatches": "amod_bench.data.loaders",
+    "EpochLoaders": "amod_bench.data.loaders",
     "ShardCache": "amod_bench.data.reading",
     "AUGMENT_DEFAULTS": "amod_bench.data.transforms",
     "BUNDLED": "amod_bench.data.bundled",
