@@ -48,6 +48,9 @@ RAY_ENV = {
 LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo",
                  # one machine is never preempted; the watcher is one more process per cell
                  "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# For this driver, where Tune runs. ResultsWriter writes each cell's files; Tune's own
+# per-trial CSV, JSON and TensorBoard copies would only cost the driver CPU on every report.
+DRIVER_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 BOARD_WAIT_SECONDS = 60.0  # longest wait of one call to the board; it answers as soon as it can
 
 
@@ -617,9 +620,7 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
 
     from ray import tune
 
-    # ResultsWriter writes each cell's files; Tune's own per-trial CSV, JSON and TensorBoard
-    # copies would only cost the driver CPU on every report
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    os.environ.update(DRIVER_ENV)
     progress = ProgressTable([c.id for c in to_run], {c.id: c.config["epochs"] for c in to_run})
     started = time.monotonic()
     with ray_session(address, num_cpus, worker_env) as own_instance:

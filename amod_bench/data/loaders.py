@@ -259,11 +259,13 @@ class EpochLoaders:
         self.early: dict[int, Iterator] = {}
 
     def __call__(self, epoch: int) -> Iterator:
-        batches = self.early.pop(epoch) if epoch in self.early else iter(self.make(epoch))
-        if epoch < self.last_epoch:
-            following = self.make(epoch + 1)
-            if following.num_workers:
-                self.early[epoch + 1] = iter(following)
+        if epoch in self.early:
+            batches, with_workers = self.early.pop(epoch), True
+        else:
+            loader = self.make(epoch)
+            batches, with_workers = iter(loader), loader.num_workers > 0
+        if with_workers and epoch < self.last_epoch:
+            self.early[epoch + 1] = iter(self.make(epoch + 1))
         return batches
 
 
