@@ -16,7 +16,7 @@ import pytest
 from amod_bench.report import convergence
 from amod_bench.report.groups import add_variant_columns
 from amod_bench.report.load import load_results
-from fixtures_report import AMOD_KNOTS, DENSE_KNOTS, Cell, gmacs_of, known_suite, write_suite
+from fixtures_report import AMOD_KNOTS, DENSE_KNOTS, Cell, gmacs_of, known_suite, synthetic_suite, write_suite
 
 SLOPE = {"dense": 10.0, "isoflop": 12.0, "mod": 15.0, "amod": 20.0, "random": 5.0}
 PEAK = {"dense": 80.0, "isoflop": 80.0, "mod": 80.0, "amod": 80.0, "random": 70.0}
@@ -45,17 +45,18 @@ def known(tmp_path_factory):
     return known_suite(tmp_path_factory.mktemp("known"))
 
 
-@pytest.mark.parametrize("peak_mode", ["points", "relative"])
-def test_time_to_target_matches_the_analytic_value_in_every_unit(known, peak_mode):
-    _, _, ttt = _ttt(known, peak_mode=peak_mode)
-    assert len(ttt) == 15 * 2
+@pytest.mark.parametrize("peak_mode,common_rule", [("points", "lowest"), ("relative", "dense")])
+def test_time_to_target_matches_the_analytic_value_in_every_unit(known, peak_mode, common_rule):
+    _, _, ttt = _ttt(known, peak_mode=peak_mode, common_rule=common_rule)
+    assert len(ttt) == 15 * 2  # one capacity compared: the dense cells have one row per rule too
     for row in ttt.itertuples():
         cap = None if row.router == "dense" else row.capacity
         if row.rule == "peak":
             peak = PEAK[row.router]
             target = peak - 2.0 if peak_mode == "points" else peak * 0.98
         else:
-            target = 80.0  # the dense median best
+            # lowest: random's median best (70), the lowest of the arms at C=0.5; dense: the dense median best
+            target = 70.0 if common_rule == "lowest" else 80.0
         assert row.target == pytest.approx(target)
         expected = expected_units(row.router, cap, expected_epoch(row.router, target))
         for unit, value in expected.items():
@@ -63,7 +64,7 @@ def test_time_to_target_matches_the_analytic_value_in_every_unit(known, peak_mod
 
 
 def test_never_reaching_cell_is_infinite_and_not_reached(known):
-    _, _, ttt = _ttt(known)
+    _, _, ttt = _ttt(known, common_rule="dense")
     slow = ttt[(ttt["router"] == "random") & (ttt["rule"] == "common")]
     assert len(slow) == 3 and not slow["reached"].any()
     for unit in ("epoch", "step", "train_macs", "train_seconds"):
@@ -106,16 +107,18 @@ def test_common_target_uses_dense_median_and_lower_middle_for_even_seeds(tmp_pat
     cells = [Cell("dense", None, s, [(0, 20.0), (6, p), (10, p)]) for s, p in enumerate((70.0, 72.0, 74.0, 76.0))]
     res = load_results(write_suite(tmp_path, "even", cells))
     frame, _, _ = add_variant_columns(res.cells, res.config_keys)
-    targets = convergence.common_targets(frame)
+    targets = convergence.common_targets(frame, rule="dense")
     assert targets["common_target"].tolist() == [72.0]  # lower of the two middle bests (72, 74)
-    ttt = convergence.times_to_target(frame, res.evals)
+    assert targets.equals(convergence.common_targets(frame, rule="lowest").assign(
+        target_source=targets["target_source"]))  # dense alone: both rules agree
+    ttt = convergence.times_to_target(frame, res.evals, common_rule="dense")
     med = convergence.median_times(ttt)
     assert np.isfinite(med.loc[med["rule"] == "common", "epoch"]).all()  # 3 of 4 dense seeds reach it
     assert convergence.median_low([3.0, 1.0, 2.0]) == 2.0 and convergence.median_low([4.0, 1.0, 3.0, 2.0]) == 2.0
 
 
 def test_speedups_are_ratios_of_medians_with_degenerate_cis_for_noiseless_data(known):
-    _, _, ttt = _ttt(known)
+    _, _, ttt = _ttt(known, common_rule="dense")
     sp = convergence.speedups(ttt, n_boot=500, seed=0)
     # amod vs each baseline, common rule, epochs: 6/3, 5/3, 4/3
     amod = sp[(sp["router"] == "amod") & (sp["rule"] == "common") & (sp["unit"] == "epoch")].set_index("baseline")
@@ -133,16 +136,23 @@ def test_speedups_are_ratios_of_medians_with_degenerate_cis_for_noiseless_data(k
 
 
 def test_bootstrap_ci_contains_the_true_ratio_and_is_deterministic(tmp_path):
-    # per seed: dense reaches 80 at epoch 4, 6, 8; amod at 2, 3, 4 -> true median ratio 2
+    # per seed: dense reaches 80 at epoch 4, 6, 8; amod at 2, 3, 4 -> true median ratio 2, and 2 in every seed
     cells = []
     for s, (d, a) in enumerate(((4, 2), (6, 3), (8, 4))):
         cells.append(Cell("dense", None, s, [(0, 20.0), (d, 80.0), (10, 80.0)]))
         cells.append(Cell("amod", 0.5, s, [(0, 20.0), (a, 80.0), (10, 80.0)]))
+        # the same arm under seeds that match no dense seed: the unpaired path
+        cells.append(Cell("amod", 0.5, 10 + s, [(0, 20.0), (a, 80.0), (10, 80.0)], cell_id=f"amod-unpaired-s{10 + s}"))
     _, _, ttt = _ttt(write_suite(tmp_path, "spread", cells))
+    ttt = ttt.assign(variant=np.where(ttt["cell"].str.startswith("amod-unpaired"), "unpaired", ttt["variant"]))
     sp = convergence.speedups(ttt, n_boot=2000, seed=0)
-    row = sp[(sp["rule"] == "common") & (sp["unit"] == "epoch")].iloc[0]
-    assert row["speedup"] == pytest.approx(2.0)
-    assert row["ci_low"] < 2.0 < row["ci_high"]
+    rows = sp[(sp["rule"] == "common") & (sp["unit"] == "epoch") & (sp["baseline"] == "dense")].set_index("variant")
+    paired, unpaired = rows.loc[rows.index != "unpaired"].iloc[0], rows.loc["unpaired"]
+    assert paired["method"] == convergence.PAIRED_BOOTSTRAP and unpaired["method"] == convergence.UNPAIRED_BOOTSTRAP
+    assert paired["speedup"] == pytest.approx(2.0) and unpaired["speedup"] == pytest.approx(2.0)
+    # paired: every resample of seeds keeps ratio 2 exactly; unpaired: seeds spread the CI around 2
+    assert paired["ci_low"] == pytest.approx(2.0) and paired["ci_high"] == pytest.approx(2.0)
+    assert unpaired["ci_low"] < 2.0 < unpaired["ci_high"]
     again = convergence.speedups(ttt, n_boot=2000, seed=0)
     assert again[["speedup", "ci_low", "ci_high"]].equals(sp[["speedup", "ci_low", "ci_high"]])
 
@@ -194,3 +204,41 @@ def test_performance_profile_known_fractions(tmp_path):
     assert [frac[("dense", t)] for t in (1.0, 1.5, 2.0, 4.0)] == [0.0, 0.5, 1.0, 1.0]
     assert [frac[("mod", t)] for t in (1.0, 1.5, 2.0, 4.0)] == [0.5, 0.5, 0.5, 0.5]
     assert got["n_workloads"].eq(2).all()
+
+
+def test_default_common_target_is_reached_by_every_arm_on_most_seeds(tmp_path):
+    """synthetic_suite: 2 capacities x 7 arms x 4 noisy seeds, peaks 72-82: the dense median best
+    (~80) is out of reach for isoflop/random, the default (lowest) target is within every arm's reach."""
+    root = synthetic_suite(tmp_path, models=("vit_tiny",), seeds=(0, 1, 2, 3), epochs=20)
+    frame, res, ttt = _ttt(root)
+    common = ttt[ttt["rule"] == "common"]
+    per_arm = common.groupby(["workload", "capacity", "variant"])["reached"].agg(["sum", "size"])
+    assert len(per_arm) == 2 * 7 and (per_arm["size"] == 4).all()
+    assert (per_arm["sum"] >= 3).all(), per_arm[per_arm["sum"] < 3]  # most of 4 seeds: 3 (median_low)
+    med = convergence.median_times(ttt)
+    assert np.isfinite(med.loc[med["rule"] == "common", list(convergence.UNITS)].to_numpy()).all()
+    targets = convergence.common_targets(frame)
+    assert len(targets) == 2 and targets["target_source"].str.startswith("lowest median best: random").all()
+    # the old rule stays available: there the weakest arms never reach the target
+    _, _, dense_ttt = _ttt(root, common_rule="dense")
+    reached = dense_ttt[(dense_ttt["rule"] == "common") & (dense_ttt["router"] == "random")]["reached"]
+    assert not reached.any()
+
+
+@pytest.mark.parametrize("common_rule", convergence.COMMON_RULES)
+def test_explicit_targets_win_over_either_rule(tmp_path, common_rule):
+    cells = [Cell("dense", None, s, DENSE_KNOTS, extra={"targets": {"within_peak_pct": 2.0, "top1": 60.0}})
+             for s in (0, 1)]
+    cells += [Cell("amod", 0.5, s, AMOD_KNOTS, extra={"targets": {"within_peak_pct": 2.0, "top1": 60.0}})
+              for s in (0, 1)]
+    res = load_results(write_suite(tmp_path, "explicit", cells))
+    frame, _, _ = add_variant_columns(res.cells, res.config_keys)
+    suite = convergence.common_targets(frame, rule=common_rule)
+    assert suite["common_target"].tolist() == [60.0] and suite["target_source"].tolist() == ["targets.top1"]
+    cli = convergence.common_targets(frame, 55.0, rule=common_rule)
+    assert cli["common_target"].tolist() == [55.0] and cli["target_source"].tolist() == ["--target-top1"]
+    ttt = convergence.times_to_target(frame, res.evals, common_top1=55.0, common_rule=common_rule)
+    dense = ttt[(ttt["rule"] == "common") & (ttt["router"] == "dense")]
+    assert dense["epoch"].tolist() == pytest.approx([3.5, 3.5])  # 20 + 10 e = 55
+    with pytest.raises(ValueError, match="common target rule"):
+        convergence.common_targets(frame, rule="median")

@@ -14,21 +14,34 @@ Rules (also printed in the report, one line per table or figure):
   X = `targets.within_peak_pct` (default 2). `peak_mode="points"` (default)
   reads X as absolute percentage points (peak - X); `"relative"` as a
   fraction of the peak (peak * (1 - X/100)).
-* **common rule** (AlgoPerf-style): one target per workload (stage, model,
-  dataset): `targets.top1` if the suite sets it, else the median over seeds of
-  the full-depth dense router's best val_top1 (if several dense variants, the
-  highest of their medians). For an even number of seeds the lower of the two
-  middle values is taken (`median_low`), so that at least half of the dense
-  seeds reach the target and the dense median time is finite.
+* **common rule** (AlgoPerf-style): one target per compared set, i.e. per
+  (stage, model, dataset, recipe, capacity), the full-depth dense arm
+  included at every capacity. In order of precedence: `--target-top1`; the
+  suite's `targets.top1`; else the rule `common_rule`:
+  - `"lowest"` (default): the lowest, over the arms compared there, of each
+    arm's median over seeds of its best val_top1 (`median_low`). Every arm's
+    median best is at or above it, so every arm reaches it on most of its
+    seeds (at least n - floor((n-1)/2) of n) and its median time is finite:
+    the time to target is defined for every arm that trains normally. (The
+    dense median best, the old default, is a target the routed arms of a
+    small fine-tune may never reach, which leaves their time undefined.)
+  - `"dense"`: the median over seeds of the full-depth dense model's best
+    val_top1 (if several dense variants, the highest of their medians), one
+    target per (stage, model, dataset).
+  `median_low` takes the lower of the two middle values for even n, so at
+  least half of the seeds reach the target.
 * **Speedup** of a router over a baseline = median over seeds of the
   baseline's time / median over seeds of the router's time (> 1: the router is
   faster). CI: percentile bootstrap (2000 resamples by default; percentiles
-  by numpy's inverted_cdf, i.e. actual resample values); seeds (whole cells,
-  all four units together) of router and baseline are resampled independently
-  with replacement; each (rule, router, baseline) comparison draws from its
+  by numpy's inverted_cdf, i.e. actual resample values) over seeds, whole
+  cells with all four units together. Seeds are shared across arms (same
+  data order and head init), so when router and baseline have the same seeds
+  the bootstrap is *paired*: one resample of seeds serves both sides; when
+  their seeds differ, both are resampled independently (`method` says
+  which). Each (rule, router, baseline, capacity) comparison draws from its
   own stream seeded by (seed, crc32 of its name), so results do not depend
-  on which other cells are loaded. Baselines are matched
-  on workload, recipe and capacity; the dense baseline matches every capacity.
+  on which other cells are loaded. Baselines are matched on workload, recipe
+  and capacity; the dense baseline matches every capacity.
 * **Performance profile** (AlgoPerf form): per workload x recipe x capacity, a
   router's ratio r = its median time / the fastest router's median time
   (missing or not reached: inf); rho(tau) = fraction of those workloads with
@@ -41,10 +54,12 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from .groups import BASELINES, WORKLOAD_KEYS, router_rank, sort_frame
+from .groups import BASELINES, WORKLOAD_KEYS, at_compared_capacities, router_rank, seeds_pair, sort_frame
 from .load import UNITS
 
 RULES = ("peak", "common")
+PAIRED_BOOTSTRAP = "paired bootstrap over seeds"
+UNPAIRED_BOOTSTRAP = "unpaired bootstrap (seeds differ)"
 PEAK_MODES = ("points", "relative")
 
 
@@ -91,16 +106,42 @@ def median_low(values) -> float:
     return float(v[(v.size - 1) // 2]) if v.size else np.nan
 
 
-def common_targets(cells: pd.DataFrame, top1: float | None = None) -> pd.DataFrame:
-    """One row per workload: `common_target` and where it came from (`target_source`).
+COMMON_RULES = ("lowest", "dense")
+TARGET_KEYS = [*WORKLOAD_KEYS, "recipe", "capacity"]  # one common target per compared set
+
+
+def _dense_median_best(ok: pd.DataFrame) -> tuple[float, str]:
+    dense = ok[ok["router"] == "dense"]
+    if dense.empty:
+        return np.nan, "none: no finished dense cell and no targets.top1"
+    medians = dense.groupby("variant")["best_top1"].agg([median_low, "size"])
+    best = medians.sort_values("median_low", ascending=False, kind="stable").iloc[0]
+    return float(best["median_low"]), f"dense median best (n={int(best['size'])})"
+
+
+def _lowest_median_best(ok: pd.DataFrame) -> tuple[float, str]:
+    medians = ok.groupby("variant").agg(best=("best_top1", median_low), n=("cell", "size"),
+                                        router=("router_label", "first"))
+    medians = medians[np.isfinite(medians["best"])]
+    if medians.empty:
+        return np.nan, "none: no finished cell"
+    low = medians.sort_values("best", kind="stable").iloc[0]
+    return float(low["best"]), f"lowest median best: {low['router']} (n={int(low['n'])})"
+
+
+def common_targets(cells: pd.DataFrame, top1: float | None = None, rule: str = "lowest") -> pd.DataFrame:
+    """One row per compared set (TARGET_KEYS): `common_target` and where it came from (`target_source`).
 
     `top1` (a CLI override) wins over the suites' `targets.top1`, which wins
-    over the dense median best. Only `ok` cells count.
+    over `rule` ("lowest" or "dense", see the module docstring). The dense
+    arm is compared at every capacity of its (workload, recipe). Only `ok`
+    cells set a target.
     """
+    if rule not in COMMON_RULES:
+        raise ValueError(f"common target rule must be one of {COMMON_RULES}, got {rule!r}")
+    dense_rule = {key: _dense_median_best(group[group["ok"]]) for key, group in cells.groupby(WORKLOAD_KEYS)}
     rows = []
-    for key, group in cells.groupby(WORKLOAD_KEYS, sort=True):
-        ok = group[group["ok"]]
-        dense = ok[ok["router"] == "dense"]
+    for key, group in at_compared_capacities(cells).groupby(TARGET_KEYS, sort=True):
         set_in_suite = group["target_top1"].dropna()
         if top1 is not None:
             target, source = float(top1), "--target-top1"
@@ -108,51 +149,54 @@ def common_targets(cells: pd.DataFrame, top1: float | None = None) -> pd.DataFra
             target, source = float(set_in_suite.iloc[0]), "targets.top1"
             if set_in_suite.nunique() > 1:
                 source += f" (first of {sorted(set_in_suite.unique())})"
-        elif len(dense):
-            medians = dense.groupby("variant")["best_top1"].agg([median_low, "size"])
-            best = medians.sort_values("median_low", ascending=False, kind="stable").iloc[0]
-            target, source = float(best["median_low"]), f"dense median best (n={int(best['size'])})"
+        elif rule == "dense":
+            target, source = dense_rule[key[:len(WORKLOAD_KEYS)]]
         else:
-            target, source = np.nan, "none: no finished dense cell and no targets.top1"
-        rows.append(dict(zip(WORKLOAD_KEYS, key), common_target=target, target_source=source))
-    return pd.DataFrame(rows, columns=[*WORKLOAD_KEYS, "common_target", "target_source"])
+            target, source = _lowest_median_best(group[group["ok"]])
+        rows.append(dict(zip(TARGET_KEYS, key), common_target=target, target_source=source))
+    return pd.DataFrame(rows, columns=[*TARGET_KEYS, "common_target", "target_source"])
 
 
 def times_to_target(cells: pd.DataFrame, evals: pd.DataFrame, *, within: float | None = None,
-                    peak_mode: str = "points", common_top1: float | None = None) -> pd.DataFrame:
-    """One row per (cell, rule) for every cell with evals: target, peak, and the time in each unit.
+                    peak_mode: str = "points", common_top1: float | None = None,
+                    common_rule: str = "lowest") -> pd.DataFrame:
+    """One row per (cell, compared capacity, rule) for every cell with evals: target, peak, time in each unit.
 
-    `within` overrides each cell's `targets.within_peak_pct` (default 2.0).
-    Flagged cells get rows too (their `ok` column says so); aggregates drop them.
+    A dense cell has a row at every capacity it is compared at (its common
+    target differs between them). `within` overrides each cell's
+    `targets.within_peak_pct` (default 2.0). Flagged cells get rows too
+    (their `ok` column says so); aggregates drop them.
     """
     if peak_mode not in PEAK_MODES:
         raise ValueError(f"peak mode must be one of {PEAK_MODES}, got {peak_mode!r}")
-    common = common_targets(cells, common_top1)
-    info = cells.merge(common, on=WORKLOAD_KEYS, how="left").set_index(["suite", "cell"])
+    common = common_targets(cells, common_top1, common_rule)
+    info = at_compared_capacities(cells).merge(common, on=TARGET_KEYS, how="left")
+    by_cell = {key: group for key, group in info.groupby(["suite", "cell"], sort=False)}
     rows = []
     for (suite, cell), ev in evals.groupby(["suite", "cell"], sort=True):
-        if (suite, cell) not in info.index:
+        if (suite, cell) not in by_cell:
             continue
-        meta = info.loc[(suite, cell)]
         top1 = ev["val_top1"].to_numpy()
         units = ev[list(UNITS)].to_numpy()
         finite = top1[np.isfinite(top1)]
         peak = float(finite.max()) if finite.size else np.nan
-        x = within if within is not None else meta["target_within_peak_pct"]
-        x = 2.0 if pd.isna(x) else float(x)
-        for rule, target in (("peak", peak_target(peak, x, peak_mode)), ("common", meta["common_target"])):
-            times = first_crossing(units, top1, float(target))
-            rows.append({"suite": suite, "cell": cell, "rule": rule, "target": float(target), "peak": peak,
-                         "within": x if rule == "peak" else np.nan, **dict(zip(UNITS, times)),
-                         "reached": bool(np.isfinite(target) and (finite >= target).any())})
-    columns = ["suite", "cell", "rule", "target", "peak", "within", *UNITS, "reached"]
+        for meta in by_cell[(suite, cell)].to_dict("records"):
+            x = within if within is not None else meta["target_within_peak_pct"]
+            x = 2.0 if pd.isna(x) else float(x)
+            for rule, target in (("peak", peak_target(peak, x, peak_mode)), ("common", meta["common_target"])):
+                times = first_crossing(units, top1, float(target))
+                rows.append({"suite": suite, "cell": cell, "capacity": meta["capacity"], "rule": rule,
+                             "target": float(target), "peak": peak, "within": x if rule == "peak" else np.nan,
+                             **dict(zip(UNITS, times)),
+                             "reached": bool(np.isfinite(target) and (finite >= target).any())})
+    columns = ["suite", "cell", "capacity", "rule", "target", "peak", "within", *UNITS, "reached"]
     out = pd.DataFrame(rows, columns=columns)
-    keys = ["variant", "workload", "recipe", "router", "router_label", "capacity", "seed", "ok", *WORKLOAD_KEYS]
+    keys = ["variant", "workload", "recipe", "router", "router_label", "seed", "ok", *WORKLOAD_KEYS]
     return out.merge(cells[["suite", "cell", *[k for k in keys if k in cells]]], on=["suite", "cell"], how="left")
 
 
 def median_times(ttt: pd.DataFrame) -> pd.DataFrame:
-    """Median over seeds (ok cells only) of each unit, per (variant, rule); `n` seeds."""
+    """Median over seeds (ok cells only) of each unit, per (rule, variant, compared capacity); `n` seeds."""
     ok = ttt[ttt["ok"]]
     keys = ["rule", "variant", "workload", *WORKLOAD_KEYS, "recipe", "capacity", "router", "router_label"]
     agg = ok.groupby(keys, sort=False, dropna=False).agg(
@@ -163,21 +207,27 @@ def median_times(ttt: pd.DataFrame) -> pd.DataFrame:
     return sort_frame(agg, ["rule"])
 
 
-def bootstrap_speedup(router, baseline, *, n_boot: int = 2000, seed=0, level: float = 0.95):
+def bootstrap_speedup(router, baseline, *, n_boot: int = 2000, seed=0, level: float = 0.95,
+                      paired: bool = False):
     """median(baseline) / median(router) and its percentile-bootstrap CI, over seeds.
 
     `router` (n_r,) or (n_r, k) and `baseline` (n_b,) or (n_b, k): seeds x
     units. Seeds (whole cells, all units together) are resampled with
-    replacement, router and baseline independently. Returns (point, low, high),
-    floats for 1-D input, arrays of k otherwise. inf / inf (neither reached) is
-    NaN; resamples giving NaN are left out of the percentiles.
+    replacement: router and baseline independently, or with `paired` (rows
+    aligned by seed, n_r == n_b) one resample of seed indices for both.
+    Returns (point, low, high), floats for 1-D input, arrays of k otherwise.
+    inf / inf (neither reached) is NaN; resamples giving NaN are left out of
+    the percentiles.
     """
     router, baseline = np.asarray(router, float), np.asarray(baseline, float)
     flat = router.ndim == 1
     router, baseline = router.reshape(len(router), -1), baseline.reshape(len(baseline), -1)
+    if paired and len(router) != len(baseline):
+        raise ValueError(f"paired bootstrap needs one baseline seed per router seed, got {len(router)} and "
+                         f"{len(baseline)}")
     rng = np.random.default_rng(seed)
     r_idx = rng.integers(0, len(router), (n_boot, len(router)))
-    b_idx = rng.integers(0, len(baseline), (n_boot, len(baseline)))
+    b_idx = r_idx if paired else rng.integers(0, len(baseline), (n_boot, len(baseline)))
     with np.errstate(divide="ignore", invalid="ignore"):
         point = np.median(baseline, axis=0) / np.median(router, axis=0)
         ratios = np.median(baseline[b_idx], axis=1) / np.median(router[r_idx], axis=1)  # (n_boot, k)
@@ -200,43 +250,48 @@ def _stable_seed(seed: int, *parts) -> list[int]:
 
 def speedups(ttt: pd.DataFrame, *, baselines=BASELINES, n_boot: int = 2000, seed: int = 0,
              level: float = 0.95) -> pd.DataFrame:
-    """One row per (rule, unit, router variant, baseline variant) with the speedup and its CI."""
-    ok = ttt[ttt["ok"]]
+    """One row per (rule, unit, router variant, baseline variant, capacity) with the speedup and its CI.
+
+    `method` says whether the bootstrap was paired by seed (both sides have
+    the same seeds) or unpaired (see the module docstring).
+    """
+    ok = ttt[ttt["ok"]].sort_values("seed", kind="stable")
     rows = []
-    times = {k: g[list(UNITS)].to_numpy(float) for k, g in ok.groupby(["rule", "variant"], sort=True)}  # seeds x units
+    times = {k: (g["seed"].tolist(), g[list(UNITS)].to_numpy(float))  # seeds, (seeds x units)
+             for k, g in ok.groupby(["rule", "variant", "capacity"], sort=True)}
     meta = {m["variant"]: m for m in ok.drop_duplicates(["variant"]).to_dict("records")}
     by_router: dict[tuple, list[str]] = {}
     for v, m in meta.items():
         by_router.setdefault((m["router"], m["workload"], m["recipe"]), []).append(v)
-    for (rule, variant), r in times.items():
+    for (rule, variant, capacity), (r_seeds, r) in times.items():
         me = meta[variant]
         if me["router"] == "dense":
             continue
         for base in baselines:
             if base == me["router"]:
                 continue
-            partners = [p for p in by_router.get((base, me["workload"], me["recipe"]), [])
-                        if base == "dense" or meta[p]["capacity"] == me["capacity"]]
-            for partner in partners:
-                b = times.get((rule, partner))
-                if b is None:
+            for partner in by_router.get((base, me["workload"], me["recipe"]), []):
+                if (rule, partner, capacity) not in times:
                     continue
-                point, low, high = bootstrap_speedup(r, b, n_boot=n_boot, level=level,
-                                                     seed=_stable_seed(seed, rule, variant, partner))
+                b_seeds, b = times[(rule, partner, capacity)]
+                paired = seeds_pair(r_seeds, b_seeds)
+                point, low, high = bootstrap_speedup(r, b, n_boot=n_boot, level=level, paired=paired,
+                                                     seed=_stable_seed(seed, rule, variant, partner, capacity))
                 unknown = np.isnan(r).any(axis=0) | np.isnan(b).any(axis=0)  # a unit missing in some seed
                 for j, unit in enumerate(UNITS):
                     rows.append({
                         "rule": rule, "unit": unit, "variant": variant, "workload": me["workload"],
-                        **{k: me[k] for k in WORKLOAD_KEYS}, "recipe": me["recipe"], "capacity": me["capacity"],
+                        **{k: me[k] for k in WORKLOAD_KEYS}, "recipe": me["recipe"], "capacity": capacity,
                         "router": me["router"], "router_label": me["router_label"],
                         "baseline": base, "baseline_label": meta[partner]["router_label"],
                         "router_median": float(np.median(r[:, j])), "baseline_median": float(np.median(b[:, j])),
                         "speedup": np.nan if unknown[j] else point[j], "ci_low": np.nan if unknown[j] else low[j],
                         "ci_high": np.nan if unknown[j] else high[j], "n_router": len(r), "n_baseline": len(b),
+                        "method": PAIRED_BOOTSTRAP if paired else UNPAIRED_BOOTSTRAP,
                     })
     columns = ["rule", "unit", "variant", "workload", *WORKLOAD_KEYS, "recipe", "capacity", "router",
                "router_label", "baseline", "baseline_label", "router_median", "baseline_median", "speedup",
-               "ci_low", "ci_high", "n_router", "n_baseline"]
+               "ci_low", "ci_high", "n_router", "n_baseline", "method"]
     out = pd.DataFrame(rows, columns=columns)
     if out.empty:
         return out
@@ -249,19 +304,14 @@ def speedups(ttt: pd.DataFrame, *, baselines=BASELINES, n_boot: int = 2000, seed
 def profile_ratios(medians: pd.DataFrame) -> pd.DataFrame:
     """Per (rule, unit, profile workload, router_label): median time / the fastest router's (inf: not reached).
 
-    A profile workload is (workload, recipe, capacity); the dense variants of a
-    workload join every capacity of it. Units never measured in a workload are dropped.
+    A profile workload is (workload, recipe, capacity); `medians` already holds
+    the dense variants at every capacity they are compared at. Units never
+    measured in a workload are dropped.
     """
-    keys = ["rule", "workload", "recipe"]
-    routed = medians[medians["router"] != "dense"]
-    dense = medians[medians["router"] == "dense"]
-    caps = routed[[*keys, "capacity"]].drop_duplicates()
-    with_caps = dense.drop(columns="capacity").merge(caps, on=keys, how="inner")
-    alone = dense[~dense.set_index(keys).index.isin(caps.set_index(keys).index)]  # no routed model to compare
-    members = pd.concat([routed, with_caps, alone], ignore_index=True)
-    long = members.melt(id_vars=[*keys, "capacity", "router", "router_label"], value_vars=list(UNITS),
+    keys = ["rule", "workload", "recipe", "capacity"]
+    long = medians.melt(id_vars=[*keys, "router", "router_label"], value_vars=list(UNITS),
                         var_name="unit", value_name="time")
-    best = long.groupby([*keys, "capacity", "unit"], sort=False)["time"].transform("min")
+    best = long.groupby([*keys, "unit"], sort=False)["time"].transform("min")
     long = long[best.notna()]
     t, best = long["time"].to_numpy(float), best[best.notna()].to_numpy(float)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -31,7 +31,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .accuracy import t_halfwidth  # noqa: E402
-from .groups import ROUTER_ORDER, router_rank  # noqa: E402
+from .convergence import TARGET_KEYS  # noqa: E402
+from .groups import ROUTER_ORDER, at_compared_capacities, router_rank  # noqa: E402
 
 # seaborn "colorblind" hues, one per router, the same in every figure
 ROUTER_COLORS = {
@@ -131,13 +132,7 @@ def convergence_data(cells: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
     data["epoch_key"] = data["epoch"].round(6)
     for column in ("train_gmacs", "train_seconds"):
         data[column] = data.groupby(["variant", "epoch_key"])[column].transform("mean")
-    routed_caps = data.loc[data["router"] != "dense"].groupby(["workload", "recipe"])["capacity"].unique()
-    parts = [data[data["router"] != "dense"]]
-    dense = data[data["router"] == "dense"]
-    for (workload, recipe), group in dense.groupby(["workload", "recipe"], sort=False):
-        caps = routed_caps.get((workload, recipe), [1.0])
-        parts += [group.assign(capacity=c) for c in sorted(caps)]
-    data = pd.concat(parts, ignore_index=True)
+    data = at_compared_capacities(data)
     data["panel"] = panel_labels(data)
     data["cap"] = data["capacity"].map(_cap_label)
     data["facet"] = facet_titles(data)
@@ -217,10 +212,9 @@ def convergence_figure(data: pd.DataFrame, targets: pd.DataFrame, x: str = "epoc
     for ax in grid.axes.flat:  # col_wrap hides inner tick labels' axis labels unevenly: label every facet's x
         ax.set_xlabel(xlabel)
         ax.tick_params(labelbottom=True, labelleft=True)
-    panel_target = data.merge(targets, on=["stage", "model", "dataset"]).groupby("panel")["common_target"].first()
-    facet_panel = facets.set_index("facet")["panel"]
+    facet_target = data.merge(targets, on=TARGET_KEYS).groupby("facet")["common_target"].first()
     for facet, ax in grid.axes_dict.items():
-        target = panel_target.get(facet_panel[facet], np.nan)
+        target = facet_target.get(facet, np.nan)
         if np.isfinite(target):
             ax.axhline(target, color="black", linestyle=":", linewidth=1.0, label="common target", gid="target")
     for _, group in facets.groupby("panel", sort=False):  # one y range per workload

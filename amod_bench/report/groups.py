@@ -13,7 +13,9 @@
   ...: a router is only compared against baselines with the same recipe).
 
 The full-depth dense model has capacity 1.0 (null in config becomes 1.0); it is
-the dense baseline of every capacity of its workload.
+the dense baseline of every capacity of its workload: `at_compared_capacities`
+repeats its rows at each of them wherever rows are compared per capacity
+(targets, times to target, speedups, profiles, convergence facets).
 """
 from __future__ import annotations
 
@@ -84,6 +86,35 @@ def add_variant_columns(cells: pd.DataFrame, config_keys: list[str]) -> tuple[pd
     cells["variant"] = (cells["workload"] + " | " + cells["router_label"] + " | C=" + cells["capacity"].map(_cap)
                         + " | " + cells["recipe"])
     return cells, router_axes, recipe_axes
+
+
+def at_compared_capacities(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with every dense row repeated at each capacity compared in its (workload, recipe).
+
+    The compared capacities are those of the frame's other rows (routed and
+    isoflop) with the same workload and recipe; a dense row of a workload with
+    nothing else (a pretraining stage) keeps capacity 1.0. Row order: the
+    non-dense rows, then the dense rows capacity by capacity.
+    """
+    dense = frame["router"] == "dense"
+    others = frame[~dense]
+    capacities = others.groupby(["workload", "recipe"])["capacity"].unique()
+    parts = [others]
+    for (workload, recipe), group in frame[dense].groupby(["workload", "recipe"], sort=False):
+        caps = capacities.get((workload, recipe), [1.0])
+        parts += [group.assign(capacity=c) for c in sorted(caps)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def seeds_pair(router_seeds, baseline_seeds) -> bool:
+    """True when two arms ran the same seeds, each once: seed s of one pairs with seed s of the other.
+
+    Seeds are shared across arms (same data order and head initialisation),
+    so paired statistics apply exactly then; otherwise the report falls back
+    to unpaired ones and says so.
+    """
+    a, b = list(router_seeds), list(baseline_seeds)
+    return len(a) > 0 and len(set(a)) == len(a) and sorted(a) == sorted(b)
 
 
 def _cap(c) -> str:
