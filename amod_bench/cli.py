@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("amod_bench.report.cli", "regenerate tables and figures from a results folder"),
     "shards": ("amod_bench.data.cli", "write datasets as WebDataset shards"),
     "perf": ("amod_bench.perf", "benchmark step time, memory and loader throughput"),
+    "analyze": ("amod_bench.analysis.cli", "token importance vs router scores, routing diagnostics, from checkpoints"),
 }
 
 

@@ -68,7 +68,8 @@ def select_cells(cells: pd.DataFrame, routers=MAP_ROUTERS) -> tuple[pd.DataFrame
     return frame, messages
 
 
-def _default_build(config: dict, weights: Path):
+def build_from_checkpoint(config: dict, weights: Path):
+    """A cell's model (its config.json's architecture and router) with the weights at `weights`."""
     from amod_bench.models import build_model  # lazy: torch and timm only when maps are drawn
 
     arch = {k: config.get(k) for k in ("capacity", "routed_layers", "cls_policy", "num_classes", "img_size")}
@@ -76,8 +77,11 @@ def _default_build(config: dict, weights: Path):
                        **{k: v for k, v in arch.items() if v is not None}, **(config.get("router_options") or {}))
 
 
-def _default_images(config: dict, model, n_images: int):
-    """The first `n_images` validation images, normalized as the model expects, and (mean, std)."""
+def validation_batch(config: dict, model, n_images: int):
+    """The first `n_images` validation images of a cell's dataset, normalized as the model expects,
+    their labels, and (mean, std): (images (n, C, H, W), labels (n,), mean, std)."""
+    import torch
+
     from amod_bench.data import eval_loader, open_dataset
 
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
@@ -90,11 +94,22 @@ def _default_images(config: dict, model, n_images: int):
     ds = open_dataset(config.get("dataset_path") or config["dataset"])
     loader = eval_loader(ds, "val", batch_size=n_images, img_size=img_size, mean=mean, std=std, rank=0,
                          world_size=1, num_workers=0)
-    images, _labels, _skipped = next(iter(loader))
-    return images[:n_images], mean, std
+    images, labels, count = [], [], 0
+    for batch_images, batch_labels, _skipped in loader:  # batches may end early at a shard's end
+        images.append(batch_images), labels.append(batch_labels)
+        count += len(batch_images)
+        if count >= n_images:
+            break
+    return torch.cat(images)[:n_images], torch.cat(labels)[:n_images], mean, std
 
 
-def load_sample(row: pd.Series, n_images: int = 4, *, build=_default_build, images_fn=_default_images) -> RoutingSample:
+def _map_images(config: dict, model, n_images: int):
+    images, _labels, mean, std = validation_batch(config, model, n_images)
+    return images, mean, std
+
+
+def load_sample(row: pd.Series, n_images: int = 4, *, build=build_from_checkpoint,
+                images_fn=_map_images) -> RoutingSample:
     """Rebuild a cell's model from its checkpoint and record its routing on `n_images` val images."""
     import torch
 
@@ -164,8 +179,8 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")
 
 
-def routing_maps(cells: pd.DataFrame, n_images: int = 4, routers=MAP_ROUTERS, *, build=_default_build,
-                 images_fn=_default_images) -> tuple[list[tuple[str, object, str]], list[str]]:
+def routing_maps(cells: pd.DataFrame, n_images: int = 4, routers=MAP_ROUTERS, *, build=build_from_checkpoint,
+                 images_fn=_map_images) -> tuple[list[tuple[str, object, str]], list[str]]:
     """[(name, figure, caption)] per (workload, recipe, capacity), and messages for everything skipped."""
     chosen, messages = select_cells(cells, routers)
     figures = []

@@ -1,0 +1,13 @@
+"""Analyses that rerun a suite's checkpoints: `bench.py analyze importance RESULTS_DIR`.
+
+`importance` computes the paper's token-importance study (Fig. 7) and the routing
+diagnostics; `cli` selects the cells, runs it and writes plain files under
+`RESULTS_DIR/analysis/`, which the report reads (never this package's code, which
+imports torch). The file names are declared here, torch-free, for both sides.
+"""
+DEFINITIONS = ("skip", "remove")  # of token importance: see analysis.importance
+ANALYSIS_DIR = "analysis"  # under the results folder
+CORRELATIONS = "importance_correlations.csv"
+PRECISION_AT_K = "importance_precision_at_k.csv"
+DIAGNOSTICS = "routing_diagnostics.csv"
+INPUTS = "analysis_inputs.json"

@@ -1,0 +1,255 @@
+"""`bench.py analyze importance RESULTS_DIR [--images N]`: token importance and routing diagnostics.
+
+For every group of finished routed cells that start from the same dense parent
+(`init_from`) on the same dataset:
+
+1. the parent's checkpoint is rebuilt dense and run on the first N validation images
+   of the routed cells' dataset (the split and order the cells evaluate on); at every
+   block position any routed cell routes, each token's leave-one-out importance is
+   measured (`analysis.importance`, definition "skip" or "remove");
+2. the parameter-free routers score the parent's own tokens: A-MoD (`amod`, attention
+   received in the previous block), `cls` (the previous block's CLS row, EViT) and
+   `random` (seeded), each through the project's router code on the parent's weights
+   at C = 1 (every token kept, so the model is the dense parent and the scores are
+   those of its dense forward) - source "parent";
+3. every routed cell's own model (its checkpoint) runs on the same images; its routers'
+   scores and kept sets are what it computes in its own forward - source "fine-tuned".
+   Several seeds of one variant: each statistic is averaged over seeds per image.
+
+Per routed block: Spearman / Pearson correlation with the importance (per image,
+then mean and 95% Student-t CI over images) and precision@k at each capacity of the
+suite; routing diagnostics of the fine-tuned cells (CLS kept, Jaccard overlap with
+the previous routed block). Written to RESULTS_DIR/analysis/ (names in
+`amod_bench.analysis`), atomically; `bench.py report` shows them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import ANALYSIS_DIR, CORRELATIONS, DEFINITIONS, DIAGNOSTICS, INPUTS, PRECISION_AT_K
+
+PARENT_ROUTERS = ("amod", "cls", "random")  # parameter-free: they score the parent's own tokens
+LEVEL = 0.95
+
+
+class AnalysisError(RuntimeError):
+    """The results folder cannot be analysed (no routed cells, a checkpoint missing, ...)."""
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+    imp = sub.add_parser("importance", help="token importance vs router scores (paper Fig. 7), routing diagnostics",
+                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp.add_argument("results", help="results folder of a suite run that kept checkpoints")
+    imp.add_argument("--images", type=int, default=64, metavar="N",
+                     help="first N validation images of the routed cells' dataset (default 64)")
+    imp.add_argument("--definition", choices=DEFINITIONS, default="skip",
+                     help="skip (default): the token alone skips the block, everything else dense, as a router "
+                          "decides; remove: the token is deleted from the sequence at that block (paper wording)")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the random router's scores (default 0)")
+
+
+def main(args) -> int:
+    if args.images < 1:
+        raise SystemExit(f"--images must be >= 1, got {args.images}")
+    paths = analyze_importance(Path(args.results), n_images=args.images, definition=args.definition, seed=args.seed)
+    for path in paths.values():
+        print(f"wrote {path}")
+    return 0
+
+
+def _summary(values: np.ndarray) -> dict:
+    """Mean over images (NaN ignored), its Student-t CI, and how many images counted."""
+    from amod_bench.report.accuracy import t_interval
+
+    finite = values[np.isfinite(values)]
+    low, high = t_interval(finite, LEVEL)
+    return {"mean": float(finite.mean()) if finite.size else np.nan, "ci_low": low, "ci_high": high,
+            "n_images": int(finite.size)}
+
+
+def _seed_mean(per_seed: list[np.ndarray]) -> np.ndarray:
+    """(n,) per image: the mean over seeds, NaN where every seed is NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN images stay NaN
+        return np.nanmean(np.vstack(per_seed), axis=0)
+
+
+def _seeds(seeds: list[int]) -> dict:
+    return {"seeds": " ".join(map(str, seeds)), "n_seeds": len(seeds)}
+
+
+def _correlation_row(base: dict, seeds: list[int], per_seed: list[dict]) -> dict:
+    """One correlations row: Spearman and Pearson, each a mean over images of the per-image seed mean."""
+    row = {**base, **_seeds(seeds)}
+    for stat in ("spearman", "pearson"):
+        s = _summary(_seed_mean([p[stat] for p in per_seed]))
+        row.update({stat: s["mean"], f"{stat}_ci_low": s["ci_low"], f"{stat}_ci_high": s["ci_high"],
+                    f"{stat}_n_images": s["n_images"]})
+    return row
+
+
+def _precision_row(base: dict, seeds: list[int], k: int, num_tokens: int, per_seed: list[dict]) -> dict:
+    s = _summary(_seed_mean([p["precision"] for p in per_seed]))
+    return {**base, **_seeds(seeds), "k": k, "tokens": num_tokens, "chance": k / num_tokens,
+            "precision": s["mean"], "precision_ci_low": s["ci_low"], "precision_ci_high": s["ci_high"],
+            "n_images": s["n_images"]}
+
+
+def _checkpoints(rows: pd.DataFrame) -> dict[str, Path]:
+    """{cell: model.safetensors} for every row; AnalysisError naming each cell whose checkpoint is missing."""
+    from amod_bench.report.routing_maps import checkpoint_file
+
+    found, missing = {}, []
+    for _, row in rows.iterrows():
+        path = checkpoint_file(row)
+        if path is None:
+            missing.append(f"{row['cell']}: summary.json checkpoint {row.get('checkpoint')!r} holds no "
+                           "model.safetensors")
+        found[row["cell"]] = path
+    if missing:
+        raise AnalysisError("checkpoints missing (rerun the suite with checkpoints kept):\n  " + "\n  ".join(missing))
+    return found
+
+
+def _config(row: pd.Series) -> dict:
+    return json.loads((Path(row["path"]) / "config.json").read_text())
+
+
+def _routed_cells(folder: Path) -> pd.DataFrame:
+    from amod_bench.report.groups import add_variant_columns
+    from amod_bench.report.load import load_results
+    from amod_bench.routers import get_router_class
+
+    results = load_results([folder])
+    cells, _, _ = add_variant_columns(results.cells, results.config_keys)
+    ok = cells[cells["ok"]]
+    routes = ok["router"].map(lambda r: get_router_class(r).routes)
+    routed = ok[routes & ok["init_from"].notna()] if "init_from" in ok else ok.iloc[0:0]
+    if routed.empty:
+        raise AnalysisError(f"{folder}: no finished routed cell that starts from another cell's checkpoint "
+                            "(config.json init_from); nothing to analyse")
+    return cells, routed.sort_values(["variant", "seed", "cell"], kind="stable")
+
+
+def analyze_importance(folder: Path, *, n_images: int = 64, definition: str = "skip", seed: int = 0,
+                       log=print) -> dict[str, Path]:
+    """Run the analysis on a results folder; returns {file name: path written}."""
+    import torch
+
+    from amod_bench.report.output import write_csv
+    from amod_bench.results import write_json_atomic
+
+    folder = Path(folder)
+    started = time.perf_counter()
+    cells, routed = _routed_cells(folder)
+    frames = {CORRELATIONS: [], PRECISION_AT_K: [], DIAGNOSTICS: []}
+    inputs = {"definition": definition, "n_images_requested": n_images, "random_seed": seed, "level": LEVEL,
+              "torch_threads": torch.get_num_threads(), "groups": []}
+    for (parent_id, dataset), group in routed.groupby(["init_from", "dataset"], sort=True):
+        parent = cells[cells["cell"] == parent_id]
+        if parent.empty:
+            raise AnalysisError(f"{folder}: cells {sorted(group['cell'])} start from {parent_id!r}, "
+                                "which is not in this results folder")
+        tables, record = _analyze_group(parent.iloc[0], group, n_images=n_images, definition=definition,
+                                        seed=seed, log=log)
+        for name, rows in tables.items():
+            frames[name] += rows
+        inputs["groups"].append(record)
+    inputs["seconds"] = round(time.perf_counter() - started, 2)
+    out = folder / ANALYSIS_DIR
+    written = {name: write_csv(pd.DataFrame(rows), out, name.removesuffix(".csv")) for name, rows in frames.items()}
+    write_json_atomic(out / INPUTS, inputs)
+    written[INPUTS] = out / INPUTS
+    log(f"importance analysis: {len(routed)} routed cells, {inputs['seconds']:.1f} s")
+    return written
+
+
+def _analyze_group(parent: pd.Series, group: pd.DataFrame, *, n_images: int, definition: str, seed: int, log):
+    """Tables (lists of rows) and the inputs record for the routed cells of one parent and dataset."""
+    from amod_bench.report.routing_maps import build_from_checkpoint, validation_batch
+    from amod_bench.routers.layout import kept_tokens, resolve_routed_layers
+
+    from . import importance as imp
+
+    weights = _checkpoints(pd.concat([parent.to_frame().T, group]))
+    parent_config = _config(parent)
+    configs = {row["cell"]: _config(row) for _, row in group.iterrows()}
+    first = configs[group["cell"].iloc[0]]
+    reference = build_from_checkpoint({**parent_config, "router": "dense"}, weights[parent["cell"]]).eval()
+    if parent_config.get("num_classes") != first.get("num_classes"):
+        raise AnalysisError(f"parent {parent['cell']} has {parent_config.get('num_classes')} classes but "
+                            f"{group['dataset'].iloc[0]} has {first.get('num_classes')}: its loss on these images "
+                            "is undefined")
+    images, labels, _mean, _std = validation_batch(first, reference, n_images)
+    if len(images) < n_images:
+        log(f"importance: the validation split holds {len(images)} images, fewer than --images {n_images}")
+    depth = len(reference.blocks)
+    blocks = sorted({b for c in configs.values() for b in resolve_routed_layers(depth, c["routed_layers"])})
+
+    dense = imp.trace(reference, images, inputs_of=blocks)
+    importance = {b: imp.leave_one_out_importance(reference, dense.block_inputs[b], labels, b, definition)
+                  for b in blocks}
+    num_tokens = dense.block_inputs[blocks[0]].shape[1]
+    where = {"parent": parent["cell"], "dataset": group["dataset"].iloc[0], "definition": definition}
+
+    # parameter-free routers on the parent's weights at C = 1: the dense forward, its routers' scores
+    scored = [b for b in blocks if b > 0 and b - 1 not in blocks]  # attention routers read block b-1 over N
+    parent_scores = {}
+    for router in PARENT_ROUTERS:
+        layers = scored if router != "random" else blocks
+        model = build_from_checkpoint({**parent_config, "router": router, "capacity": 1.0, "routed_layers": layers,
+                                       "cls_policy": "compete",
+                                       "router_options": {"seed": seed} if router == "random" else {}},
+                                      weights[parent["cell"]]).eval()
+        parent_scores[router] = imp.trace(model, images).scores
+
+    capacities = sorted({(float(c["capacity"]), c.get("cls_policy") == "keep") for c in configs.values()})
+    correlations, precision, diagnostics = [], [], []
+    for router, scores in parent_scores.items():
+        seeds = [seed] if router == "random" else []
+        for b, s in sorted(scores.items()):
+            base = {**where, "block": b, "router": router, "source": "parent"}
+            correlations.append(_correlation_row({**base, "capacity": np.nan}, seeds,
+                                                 [imp.token_statistics(s, importance[b])]))
+            for capacity, keep_cls in capacities:
+                k = kept_tokens(num_tokens, capacity)
+                precision.append(_precision_row({**base, "capacity": capacity}, seeds, k, num_tokens,
+                                                [imp.token_statistics(s, importance[b], k, keep_cls)]))
+
+    for _variant, variant_cells in group.groupby("variant", sort=False):
+        row0 = variant_cells.iloc[0]
+        label = row0["router_label"] + (f" [{row0['recipe']}]" if row0["recipe"] else "")
+        capacity, keep_cls = float(row0["capacity"]), configs[row0["cell"]].get("cls_policy") == "keep"
+        k = kept_tokens(num_tokens, capacity)
+        seeds = [int(s) for s in variant_cells["seed"]]
+        traces = [imp.trace(build_from_checkpoint(configs[c], weights[c]).eval(), images)
+                  for c in variant_cells["cell"]]
+        for b in sorted(traces[0].scores):
+            base = {**where, "block": b, "router": label, "source": "fine-tuned", "capacity": capacity}
+            per_seed = [imp.token_statistics(t.scores[b], importance[b], k, keep_cls) for t in traces]
+            correlations.append(_correlation_row(base, seeds, per_seed))
+            precision.append(_precision_row(base, seeds, k, num_tokens, per_seed))
+        routing = [imp.routing_statistics(t.kept, num_tokens) for t in traces]
+        for b in sorted(routing[0]):
+            row = {**where, "block": b, "router": label, "capacity": capacity, "k": k, **_seeds(seeds)}
+            for stat in ("cls_kept", "jaccard_previous"):
+                row[stat] = _summary(_seed_mean([r[b][stat] for r in routing]))["mean"]
+            diagnostics.append({**row, "n_images": len(images)})
+
+    record = {**where, "parent_checkpoint": str(weights[parent["cell"]]), "blocks": blocks,
+              "attention_scored_blocks": scored, "n_images": len(images), "tokens": num_tokens,
+              "images": f"the first {len(images)} images of the 'val' split of "
+                        f"{first.get('dataset_path') or first['dataset']} in loader order (unshuffled, as the "
+                        "cells evaluate)",
+              "labels": labels.tolist(),
+              "cells": [{"cell": c, "router": configs[c]["router"], "capacity": configs[c]["capacity"],
+                         "seed": configs[c]["seed"], "checkpoint": str(weights[c])} for c in group["cell"]]}
+    return {CORRELATIONS: correlations, PRECISION_AT_K: precision, DIAGNOSTICS: diagnostics}, record
