@@ -12,7 +12,8 @@ import json
 import pytest
 import torch
 
-from amod_bench import cli, flops, perf
+from amod_bench import cli, flops
+from amod_bench.perf import benchmark, cli as perf_cli, measure
 
 ROUTED = ["isoflop", "mod", "amod", "mod_tanh", "random", "cls"]
 STEP_KEYS = {"kind", "model", "router", "capacity", "score_impl", "img_size", "tokens", "kept_tokens", "batch_size",
@@ -61,7 +62,7 @@ def test_json_has_every_configuration_with_the_documented_keys(quick):
     env = meta["environment"]
     assert {"cpu_model", "cpu_count", "torch_threads", "torch", "timm", "device", "gpu_name", "date"} <= set(env)
     assert env["torch"] == torch.__version__ and env["torch_threads"] == 1 and env["device"] == "cpu"
-    assert meta["arguments"]["quick"] and meta["arguments"]["model"] == perf.QUICK["model"]
+    assert meta["arguments"]["quick"] and meta["arguments"]["model"] == perf_cli.QUICK["model"]
 
     steps = [r for r in result["rows"] if r["kind"] == "step"]
     assert sorted((r["router"], r["capacity"]) for r in steps if r["router"] != "dense") == sorted(
@@ -71,7 +72,7 @@ def test_json_has_every_configuration_with_the_documented_keys(quick):
         assert STEP_KEYS <= set(row), STEP_KEYS - set(row)
         assert row["error"] is None
         for mode in ("infer", "train"):
-            assert row[f"{mode}_step_time"] > 0 and row[f"{mode}_rounds"] == perf.QUICK["iters"]
+            assert row[f"{mode}_step_time"] > 0 and row[f"{mode}_rounds"] == perf_cli.QUICK["iters"]
             assert row[f"{mode}_time_ratio"] > 0
             assert row[f"{mode}_efficiency"] == pytest.approx(row["flop_ratio"] / row[f"{mode}_time_ratio"])
         assert row["train_step_mem_mb"] > 0
@@ -116,16 +117,16 @@ class _OutOfMemoryModel(torch.nn.Module):
 
 @pytest.mark.parametrize("where", ["build", "step"])
 def test_a_failing_configuration_becomes_an_error_row(tmp_path, monkeypatch, where):
-    build = perf._build
+    build = benchmark.build
 
-    def failing_build(args, variant, img_size, device):
+    def failing_build(model_name, variant, img_size, device, seed):
         if variant.router == "mod":
             if where == "build":
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return _OutOfMemoryModel()
-        return build(args, variant, img_size, device)
+        return build(model_name, variant, img_size, device, seed)
 
-    monkeypatch.setattr(perf, "_build", failing_build)
+    monkeypatch.setattr(benchmark, "build", failing_build)
     rc, text = run_cli(["perf", "--quick", "--routers", "dense,mod,amod", "--capacities", "0.5", "--no-loader",
                         "--mem-img-sizes", "", "--out", str(tmp_path), "--name", "oom"])
     assert rc == 0 and "ERROR OutOfMemoryError: CUDA out of memory" in text
@@ -143,5 +144,5 @@ def test_cpu_peak_bytes_counts_tensor_storage_exactly():
         b = torch.empty(2 ** 18, dtype=torch.float32)  # 1 MiB, allocated after a is freed
         del b
 
-    peak = perf.cpu_peak_bytes(step)
+    peak = measure.cpu_peak_bytes(step)
     assert peak == 4 * 2 ** 20
