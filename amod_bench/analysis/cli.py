@@ -111,8 +111,10 @@ def _checkpoints(rows: pd.DataFrame) -> dict[str, Path]:
     for _, row in rows.iterrows():
         path = checkpoint_file(row)
         if path is None:
-            missing.append(f"{row['cell']}: summary.json checkpoint {row.get('checkpoint')!r} holds no "
-                           "model.safetensors")
+            folder = row.get("checkpoint")
+            missing.append(f"{row['cell']}: " + (f"{Path(folder) / 'model.safetensors'} does not exist"
+                                                  if isinstance(folder, str) and folder else
+                                                  "summary.json checkpoint is null (none kept)"))
         found[row["cell"]] = path
     if missing:
         raise AnalysisError("checkpoints missing (rerun the suite with checkpoints kept):\n  " + "\n  ".join(missing))
