@@ -48,6 +48,7 @@ class Cell:
     macs_per_epoch: float | None = None  # default: 3 x gmacs x 1e9 x 6400 samples
     seconds_per_epoch: float = 10.0
     noise: float = 0.0  # std of Gaussian noise on val_top1 (seeded by `seed`)
+    step0: bool = False  # log a step-0 eval (epoch 0, the knots' value there), as cells with init_from do
     extra: dict = field(default_factory=dict)  # extra config keys (lr, cls_policy, targets, ...)
     metrics_tail: str = ""  # raw text appended to metrics.jsonl (e.g. a truncated line)
     checkpoint: str | None = None
@@ -73,16 +74,16 @@ def metrics_of(c: Cell) -> list[dict]:
     macs_per_epoch = c.macs_per_epoch if c.macs_per_epoch is not None else 3 * gmacs * 1e9 * 6400
     rng = np.random.default_rng(c.seed)
     rows = []
-    for e in range(1, c.epochs + 1):
+    for e in range(0 if c.step0 else 1, c.epochs + 1):
         top1 = curve_at(c.knots, e) + (rng.normal(0, c.noise) if c.noise else 0.0)
         if c.status == "diverged" and e > c.epochs // 2:
             top1 = None  # the results writer stores non-finite numbers as null
         rows.append({
             "step": c.steps_per_epoch * e, "epoch": float(e), "samples": 64 * c.steps_per_epoch * e,
             "train_macs": macs_per_epoch * e, "train_seconds": c.seconds_per_epoch * e, "eval_seconds": 0.5 * e,
-            "lr": 1e-4, "grad_norm": 1.0 / e,
-            "train_loss": 2.0 / e, "val_top1": top1, "val_top5": None if top1 is None else min(100.0, top1 + 15.0),
-            "val_loss": 1.0 / e, "skipped": 0,
+            "lr": 1e-4, "grad_norm": 1.0 / max(e, 0.5),
+            "train_loss": 2.0 / e if e else None, "val_top1": top1, "val_top5": None if top1 is None else min(100.0, top1 + 15.0),
+            "val_loss": 1.0 / max(e, 0.5), "skipped": 0,
         })
     return rows
 

@@ -14,10 +14,11 @@ from amod_bench.report.output import atomic_write_text
 from fixtures_report import DENSE_KNOTS, Cell, known_suite, write_suite
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = ("flagged", "cells", "accuracy_best", "accuracy_final", "targets", "time_to_target_cells", "time_to_target",
-          "speedup", "profile")
-MARKDOWN = ("flagged", "cells", "accuracy_best", "accuracy_final", "targets", "time_to_target_cells",
-            "time_to_target_peak", "time_to_target_common", "speedup_peak", "speedup_common", "profile")
+TABLES = ("verdict", "zero_shot", "flagged", "cells", "accuracy_best", "accuracy_final", "targets",
+          "time_to_target_cells", "time_to_target", "speedup", "profile")
+MARKDOWN = ("verdict", "zero_shot", "flagged", "cells", "accuracy_best", "accuracy_final", "targets",
+            "time_to_target_cells", "time_to_target_peak", "time_to_target_common", "speedup_peak", "speedup_common",
+            "profile")
 TABLE_FILES = [f"{t}.csv" for t in TABLES] + [f"{m}.md" for m in MARKDOWN]
 
 
@@ -95,6 +96,29 @@ def test_options_reach_the_tables(tmp_path):
     assert "x (1 - 2/100) (relative)" in index
     targets = (out / "tables" / "targets.csv").read_text()
     assert "50.0,--target-top1" in targets
+    # the common rule: by default the lowest median best (random's 70 in known_suite), the dense median on request
+    for flag, target, source in (((), "70.0", "lowest median best: random"),
+                                 (("--common-target", "dense"), "80.0", "dense median best")):
+        out = tmp_path / f"rule{len(flag)}"
+        assert run_cli(root, "--out", out, "--no-figures", *flag) == 0
+        assert f"0.5,{target},{source}" in (out / "tables" / "targets.csv").read_text()
+
+
+def test_index_opens_with_the_verdict_then_figures_then_tables_each_with_how_to_read(flagged_suite, tmp_path):
+    out = tmp_path / "report"
+    build_report([flagged_suite[0]], out, ReportOptions(n_boot=200, figures=False), log=lambda m: None)
+    index = (out / "index.md").read_text()
+    sections = [line for line in index.splitlines() if line.startswith("## ")]
+    assert sections == ["## Verdict", "## Figures", "## Detailed tables"]
+    verdict = index.split("## Verdict")[1].split("## Figures")[0]
+    assert verdict.index("How to read:") < verdict.index("| C | comparison | seeds |")
+    # known_suite: amod reaches every target before mod, isoflop and dense on all 3 (noiseless) seeds
+    assert "| 0.5 | A-MoD vs MoD | 3 paired |" in verdict and "A-MoD faster" in verdict
+    tables = index.split("## Detailed tables")[1]
+    titles = [line for line in tables.splitlines() if line.startswith("### ")]
+    assert titles[0] == "### Zero-shot adaptation (paper Table 3)" and "### Flagged cells" in titles
+    for block in tables.split("### ")[1:]:
+        assert block.splitlines()[2].startswith("How to read: "), block.splitlines()[0]
 
 
 def test_regenerating_gives_identical_tables_and_index(flagged_suite, tmp_path):
@@ -140,11 +164,13 @@ def test_report_with_figures_in_a_fresh_process_never_imports_ray_or_torch(tmp_p
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "IMPORTED []" in proc.stdout
     index = (root / "report" / "index.md").read_text()
-    for name in ("convergence_epoch", "convergence_gmacs", "convergence_seconds", "isoflop_accuracy", "speedup",
-                 "performance_profile"):
+    for name in ("forest", "convergence_epoch", "convergence_gmacs", "convergence_seconds", "isoflop_accuracy",
+                 "speedup", "performance_profile"):
         png, pdf = root / "report" / "figures" / f"{name}.png", root / "report" / "figures" / f"{name}.pdf"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
         assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000
         assert f"(figures/{name}.png)" in index
-    # no checkpoint anywhere: the routing maps are skipped with a message, not a failure
+    # no checkpoint anywhere: the routing maps are skipped with a message, not a failure; no step-0 eval: no
+    # zero-shot figure
     assert "routing maps: no amod/mod/cls cell kept a checkpoint" in index
+    assert "zero-shot figure: no routed cell starts from a checkpoint; skipped" in index

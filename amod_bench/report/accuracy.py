@@ -43,6 +43,28 @@ def t_interval(values, level: float = 0.95) -> tuple[float, float]:
     return (float(mean - half), float(mean + half))
 
 
+def welch_interval(a, b, level: float = 0.95) -> tuple[float, float]:
+    """(low, high) Welch t confidence interval of mean(a) - mean(b), for unpaired samples.
+
+    Welch-Satterthwaite degrees of freedom; when both samples are constant the
+    interval is the difference itself (zero width; scipy's ttest_ind would warn
+    and give NaN). (NaN, NaN) with fewer than 2 finite values on either side.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if a.size < 2 or b.size < 2:
+        return (np.nan, np.nan)
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size  # squared standard errors of the means
+    diff = float(a.mean() - b.mean())
+    if va + vb == 0:
+        return (diff, diff)
+    df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+    from scipy.special import stdtrit
+
+    half = float(stdtrit(df, 0.5 + level / 2.0)) * np.sqrt(va + vb)
+    return (float(diff - half), float(diff + half))
+
+
 def t_halfwidth(std, n, level: float = 0.95) -> np.ndarray:
     """Vectorised half-width t(0.5 + level/2, n-1) * std / sqrt(n); NaN where n < 2."""
     from scipy.special import stdtrit

@@ -3,6 +3,7 @@
     python bench.py report results/toy                      # -> results/toy/report/
     python bench.py report results/a results/b --out reports/ab
     python bench.py report results/toy --peak-mode relative --within 2 --target-top1 75 --no-figures
+    python bench.py report results/toy --common-target dense   # the dense median best as the common target
 
 Reads plain files only; never imports Ray (torch only for the routing maps).
 """
@@ -24,7 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'relative' = peak * (1 - X/100)")
     parser.add_argument("--target-top1", type=float, default=None, metavar="PCT",
                         help="common rule: one val top-1 target for every workload (default: the suite's "
-                             "targets.top1, else the dense median best)")
+                             "targets.top1, else --common-target)")
+    parser.add_argument("--common-target", choices=("lowest", "dense"), default="lowest",
+                        help="common rule without an explicit target: 'lowest' = per capacity, the lowest median "
+                             "best among the compared arms, which every arm reaches on most seeds (default); "
+                             "'dense' = the full-depth dense model's median best")
     parser.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--no-figures", action="store_true", help="tables and index.md only")
@@ -47,6 +52,7 @@ def main(args: argparse.Namespace) -> int:
         print("error: several results folders: give --out DIR for the combined report", file=sys.stderr)
         return 2
     options = ReportOptions(within=args.within, peak_mode=args.peak_mode, target_top1=args.target_top1,
+                            common_rule=args.common_target,
                             n_boot=args.bootstrap, seed=args.seed, figures=not args.no_figures,
                             routing_maps=not args.no_routing_maps, n_images=args.images)
     start = time.perf_counter()

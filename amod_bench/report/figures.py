@@ -12,6 +12,12 @@
   error bars and a line at 1.
 * `profile_figure`: AlgoPerf performance profiles, one panel per unit,
   line style = target rule.
+* `forest_figure`: the verdict's effects, meta-analysis style: one row per
+  comparison, one panel per measure, the CI as a bar (gid "ci"), the
+  no-effect line (gid "no_effect"; 0 for differences, 1 on a log axis for
+  speedups).
+* `zero_shot_figure`: step-0 top-1 per router and capacity with CI bars, the
+  parent's accuracy on the same split as a dashed line (gid "parent").
 
 Colors are fixed per router (`ROUTER_COLORS`) across all figures. Dense
 curves and points are repeated in every capacity facet they are compared in;
@@ -25,6 +31,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 
 import matplotlib.colors as mcolors  # noqa: E402
 import matplotlib.container  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -32,7 +39,8 @@ import seaborn as sns  # noqa: E402
 
 from .accuracy import t_halfwidth  # noqa: E402
 from .convergence import TARGET_KEYS  # noqa: E402
-from .groups import ROUTER_ORDER, at_compared_capacities, router_rank  # noqa: E402
+from .groups import ROUTER_ORDER, at_compared_capacities, display_name, router_rank  # noqa: E402
+from .load import UNITS  # noqa: E402
 
 # seaborn "colorblind" hues, one per router, the same in every figure
 ROUTER_COLORS = {
@@ -353,12 +361,111 @@ def profile_figure(profile: pd.DataFrame):
     return grid
 
 
+def _comparison_labels(effects: pd.DataFrame) -> pd.Series:
+    """Forest row label: "[workload · ]C=x · A-MoD vs MoD"."""
+    where = panel_labels(effects) + " · " if panel_labels(effects).nunique() > 1 else ""
+    names = [f"{display_name(r, rl)} vs {display_name(b, bl)}" for r, rl, b, bl in
+             effects[["router", "router_label", "baseline", "baseline_label"]].itertuples(index=False)]
+    return where + "C=" + effects["capacity"].map(_cap_label) + " · " + pd.Series(names, index=effects.index)
+
+
+def forest_figure(effects: pd.DataFrame, measures: dict[str, str], level: float = 0.95):
+    """One row per comparison, one panel per measure in `measures` (column -> title); `effects` from verdict.effects.
+
+    Points are the estimates, bars their CIs, colored by router; a CI running
+    off to infinity (one side not reaching the target on some resamples) is
+    drawn to the panel's edge; zero or infinite speedups are left out (the
+    verdict table lists them). Returns None when there is nothing to draw.
+    """
+    data = effects[np.isfinite(effects["estimate"])].copy()
+    data["row"] = _comparison_labels(data)
+    panels = [m for m in measures if m in set(data["measure"])]
+    if not panels:
+        return None
+    rows = list(dict.fromkeys(_comparison_labels(effects)))  # every comparison, in the verdict's order
+    width = 2.6 * len(panels) + 0.075 * max(map(len, rows)) + 0.4
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 0.32 * len(rows) + 1.3), sharey=True, squeeze=False)
+    for ax, measure in zip(axes[0], panels):
+        sub = data[data["measure"] == measure]
+        ratio = measure in UNITS  # a speedup: log axis, no effect at 1
+        if ratio:
+            sub = sub[(sub["estimate"] > 0) & np.isfinite(sub["estimate"])]
+            ax.set_xscale("log")
+        ax.axvline(1.0 if ratio else 0.0, color="black", linewidth=0.8, linestyle="--", gid="no_effect")
+        y = sub["row"].map(rows.index).to_numpy(float)
+        finite = np.concatenate([sub["estimate"], sub["ci_low"], sub["ci_high"]])
+        finite = finite[np.isfinite(finite) & ((finite > 0) if ratio else True)]
+        lo, hi = (finite.min(), finite.max()) if finite.size else (0.5, 2.0)
+        lo, hi = (min(lo, 1.0) / 1.3, max(hi, 1.0) * 1.3) if ratio else (min(lo, 0.0) - 1, max(hi, 0.0) + 1)
+        low = np.clip(np.nan_to_num(sub["ci_low"].to_numpy(float), nan=np.nan, neginf=lo), lo, hi)
+        high = np.clip(np.nan_to_num(sub["ci_high"].to_numpy(float), nan=np.nan, posinf=hi), lo, hi)
+        colors = [router_color(r) for r in sub["router"]]
+        ax.hlines(y, low, high, colors=colors, linewidth=2.2, gid="ci")
+        ax.scatter(sub["estimate"], y, c=colors, s=22, zorder=3, edgecolors="black", linewidths=0.4)
+        ax.set_xlim(lo, hi)
+        if ratio:  # plain numbers at powers of 2 instead of 6 x 10^-1
+            ax.set_xticks([t for t in 2.0 ** np.arange(-6, 7) if lo <= t <= hi], minor=False)
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(measures[measure] + (" (x)" if ratio else " (points)"), fontsize="medium")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(rows)), rows, fontsize="small")
+    axes[0][0].set_ylim(len(rows) - 0.5, -0.5)  # first comparison on top
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+    fig.suptitle(f"effects with {level:.0%} CIs: differences router - baseline (points), speedups baseline / "
+                 "router time",
+                 y=1 - 0.1 / fig.get_figheight(), va="top")
+    return fig
+
+
+def zero_shot_figure(table: pd.DataFrame, level: float = 0.95):
+    """Step-0 top-1 (mean, CI bars) per capacity, one marker color per router, one panel per workload and recipe.
+
+    `table` from zero_shot.zero_shot_table; the dense rows are the parent's
+    reference (dashed line) rather than points. Returns None when empty.
+    """
+    data = table[table["router"] != "dense"].copy()
+    if data.empty:
+        return None
+    data["panel"] = panel_labels(data)
+    panels = sorted(data["panel"].unique())
+    labels = label_order(data)
+    palette = label_palette(data)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.8, 4.0), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        sub = data[data["panel"] == panel]
+        caps = sorted(sub["capacity"].unique())
+        step = 0.8 / len(labels)
+        for i, label in enumerate(labels):
+            arm = sub[sub["router_label"] == label]
+            x = arm["capacity"].map(caps.index).to_numpy(float) - 0.4 + step * (i + 0.5)
+            mean = arm["step0_mean"].to_numpy(float)
+            err = np.array([mean - arm["step0_ci_low"], arm["step0_ci_high"] - mean])
+            ax.errorbar(x, mean, yerr=np.where(np.isfinite(err), err, 0.0), fmt="o", color=palette[label],
+                        capsize=3, label=label, gid="ci")
+        parent = sub["parent_top1"].dropna()
+        if len(parent):
+            ax.axhline(parent.iloc[0], color=router_color("dense"), linestyle="--", linewidth=1,
+                       label="parent, same split", gid="parent")
+        ax.set_xticks(range(len(caps)), [f"C={_cap_label(c)}" for c in caps])
+        ax.set_ylim(bottom=0)
+        ax.set_title(panel)
+        ax.set_ylabel("step-0 val top-1 (%)")
+    handles, names = axes[0][-1].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 1 - 1.8 / fig.get_figwidth(), 1 - 0.7 / 4.0))
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(1 - 1.75 / fig.get_figwidth(), 0.5),
+               fontsize="small", frameon=False)
+    fig.suptitle(f"zero-shot: top-1 right after conversion, before any update\n(mean over seeds, {level:.0%} t CI)",
+                 y=1 - 0.1 / 4.0, va="top")
+    return fig
+
+
 def close(fig) -> None:
     plt.close(getattr(fig, "figure", fig))
 
 
 KINDS = {"convergence": convergence_figure, "isoflop": isoflop_figure, "speedup": speedup_figure,
-         "profile": profile_figure}
+         "profile": profile_figure, "forest": forest_figure, "zero_shot": zero_shot_figure}
 
 
 def render(name: str, kind: str, kwargs: dict, folder) -> list:
@@ -378,4 +485,4 @@ def render(name: str, kind: str, kwargs: dict, folder) -> list:
 
 
 __all__ = ["ROUTER_COLORS", "ROUTER_ORDER", "convergence_data", "convergence_figure", "isoflop_figure",
-           "speedup_figure", "profile_figure", "pareto_front", "router_color", "label_palette", "close", "render"]
+           "speedup_figure", "profile_figure", "forest_figure", "zero_shot_figure", "pareto_front", "router_color", "label_palette", "close", "render"]

@@ -23,6 +23,8 @@ import pandas as pd
 
 ROUTER_ORDER = ("dense", "isoflop", "mod", "amod", "mod_tanh", "random", "cls")
 BASELINES = ("dense", "isoflop", "mod")
+ROUTER_NAMES = {"dense": "dense", "isoflop": "isoFLOP", "mod": "MoD", "amod": "A-MoD", "mod_tanh": "MoD-tanh",
+                "random": "random", "cls": "CLS-attention"}  # the papers' names, for sentences in the report
 WORKLOAD_KEYS = ["stage", "model", "dataset"]
 ROUTER_AXES = ("routed_layers", "cls_policy", "router_options")
 # config keys that never define a variant: identity, seed, provenance, derived figures
@@ -31,6 +33,12 @@ NOT_AXES = {
     "target_top1", "params", "gmacs", "train_macs_per_sample", "flop_ratio_dense", "num_classes",
     "git_commit", "name", "output", "storage", "init_weights", *WORKLOAD_KEYS, "router", "capacity",
 }
+
+
+def display_name(router: str, router_label: str | None = None) -> str:
+    """"A-MoD", or "A-MoD (cls_policy=keep)" for a router label with axes; unknown routers keep their name."""
+    label = router if router_label is None else router_label
+    return ROUTER_NAMES.get(router, router) + label[len(router):]
 
 
 def router_rank(router: str) -> tuple[int, str]:
