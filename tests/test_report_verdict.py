@@ -183,3 +183,22 @@ def test_forest_figure_rows_ci_bars_and_no_effect_lines(known):
         assert colors == {figures.ROUTER_COLORS["amod"], figures.ROUTER_COLORS["mod_tanh"]}
     finally:
         figures.close(fig)
+
+
+def test_zero_shot_parent_reference_without_a_dense_arm(tmp_path):
+    """No dense cell: the parent's own final eval serves when it was on the same dataset, else none."""
+    def suite(name, parent_dataset):
+        parent = Cell("dense", None, 0, [(0, 10.0), (10, 60.0)], stage="pretrain", dataset=parent_dataset,
+                      cell_id="parent", extra={"init_from": None}, step0=True)
+        cells = [parent] + [arm("amod", 0.5, s, 15.0, 4, 70.0, extra={"init_from": "parent"}) for s in (0, 1)]
+        res = load_results(write_suite(tmp_path / name, name, cells))
+        frame, _, _ = add_variant_columns(res.cells, res.config_keys)
+        return zero_shot.zero_shot_table(frame, res.evals).set_index("router")
+
+    same = suite("same", "digits")
+    assert list(same.index) == ["amod"]  # the parent logs step 0 too, but without init_from it is no zero-shot
+    assert same.loc["amod", "parent_top1"] == 60.0 and same.loc["amod", "kept"] == pytest.approx(0.25)
+    assert same.loc["amod", "parent_source"].startswith("parent's final eval")
+    other = suite("other", "mnist")
+    assert np.isnan(other.loc["amod", "parent_top1"]) and np.isnan(other.loc["amod", "kept"])
+    assert other.loc["amod", "parent_source"].startswith("none")
