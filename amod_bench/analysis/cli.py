@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -57,9 +58,17 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    from amod_bench.report.load import ResultsNotFound
+
     if args.images < 1:
-        raise SystemExit(f"--images must be >= 1, got {args.images}")
-    paths = analyze_importance(Path(args.results), n_images=args.images, definition=args.definition, seed=args.seed)
+        print(f"error: --images must be >= 1, got {args.images}", file=sys.stderr)
+        return 2
+    try:
+        paths = analyze_importance(Path(args.results), n_images=args.images, definition=args.definition,
+                                   seed=args.seed)
+    except (AnalysisError, ResultsNotFound) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for path in paths.values():
         print(f"wrote {path}")
     return 0
@@ -125,7 +134,8 @@ def _config(row: pd.Series) -> dict:
     return json.loads((Path(row["path"]) / "config.json").read_text())
 
 
-def _routed_cells(folder: Path) -> pd.DataFrame:
+def _routed_cells(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(every cell, the finished routed cells that start from another cell's checkpoint)."""
     from amod_bench.report.groups import add_variant_columns
     from amod_bench.report.load import load_results
     from amod_bench.routers import get_router_class
