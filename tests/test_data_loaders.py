@@ -64,16 +64,21 @@ def test_eval_sees_every_sample_exactly_once(digits, world_size, num_workers):
     assert set(seen) == set(_eval_keys(digits, 1, 0)[0])
 
 
-def test_train_steps_equal_on_every_rank_and_exact(digits):
+def test_train_steps_equal_on_every_rank_and_each_sample_at_most_once(digits):
+    # 18 train shards (17 x 80 + 78) dealt to 3 ranks: each gets 6, at least 78 + 5 x 80 = 478
+    # samples, so 19 batches of 24; with 2 loader workers each reader gets 3 (>= 238): 2 x 9
     batch_size, world_size = 24, 3
-    expected = 1438 // (batch_size * world_size)  # 19, drop last
-    for rank, num_workers in [(0, 0), (1, 0), (2, 0), (2, 2)]:
-        loader = train_loader(digits, batch_size=batch_size, seed=0, epoch=0, rank=rank,
-                              world_size=world_size, num_workers=num_workers, shuffle_buffer=100, **KW)
-        assert len(loader) == expected
-        batches = list(loader)
-        assert len(batches) == expected
-        assert all(b[0].shape == (batch_size, 3, 16, 16) and b[1].dtype == torch.long for b in batches)
+    for num_workers, expected in ((0, 19), (2, 18)):
+        keys = []
+        for rank in range(world_size):
+            loader = train_loader(digits, batch_size=batch_size, seed=0, epoch=0, rank=rank, world_size=world_size,
+                                  num_workers=num_workers, shuffle_buffer=100, with_keys=True, **KW)
+            assert len(loader) == expected
+            batches = list(loader)
+            assert len(batches) == expected
+            assert all(b[0].shape == (batch_size, 3, 16, 16) and b[1].dtype == torch.long for b in batches)
+            keys += [k for b in batches for k in b[3]]
+        assert len(keys) == len(set(keys)) == expected * batch_size * world_size, "a sample twice in one epoch"
 
 
 def _train_stream(ds, seed, epoch, rank=0, world_size=4, num_workers=0, shard_cache=None):
@@ -194,7 +199,7 @@ def test_shard_cache_keeps_whole_clean_shards_and_leaves_the_stream_unchanged(di
 def test_loader_argument_errors(digits):
     with pytest.raises(DatasetError, match="no split 'test'"):
         eval_loader(digits, "test", batch_size=8, rank=0, world_size=1, **KW)
-    with pytest.raises(DatasetError, match="fewer than one global batch"):
+    with pytest.raises(DatasetError, match="one may get only 718, fewer than one batch of 1000"):
         train_loader(digits, batch_size=1000, seed=0, epoch=0, rank=0, world_size=2, **KW)
     with pytest.raises(ValueError, match="unknown augment keys"):
         train_loader(digits, batch_size=8, seed=0, epoch=0, rank=0, world_size=1, augment={"flip": True}, **KW)

@@ -20,7 +20,8 @@ from amod_bench.data import cli as shards_cli
 from amod_bench.data import writer as writer_module
 from amod_bench.data.reading import decode_sample
 from amod_bench.data.sources import bundled_arrays, make_source, sanitize_key
-from amod_bench.data.writer import verify_shards, write_shards
+from amod_bench.data.checking import verify_shards
+from amod_bench.data.writer import write_shards
 
 import webdataset as wds
 

@@ -2,7 +2,7 @@
 
     python bench.py shards SOURCE --out DIR [--root RAW] [options]   # write (resumable)
     python bench.py shards verify DIR                                 # read every sample back
-    python bench.py shards index DIR                                  # exact manifest for ImageNet-named shards
+    python bench.py shards index DIR|SPEC.yaml                        # count shards once, write a manifest
 
 SOURCE: imagefolder | imagenet | flowers102 | pets | cars | digits | mnist5k (docs/DATA.md).
 """
@@ -20,7 +20,7 @@ ACTIONS = ("verify", "index")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", choices=SOURCES + ACTIONS, metavar="SOURCE",
                         help=f"what to write ({', '.join(SOURCES)}), or 'verify DIR' / 'index DIR'")
-    parser.add_argument("path", nargs="?", help="the shard folder, for verify and index")
+    parser.add_argument("path", nargs="?", help="the shard folder (or dataset spec .yaml), for verify and index")
     parser.add_argument("--root", help="raw data: ImageFolder tree, or torchvision root for flowers102/pets/cars")
     parser.add_argument("--out", help="dataset folder to write (shards + manifest.json)")
     parser.add_argument("--download", action="store_true",
@@ -65,7 +65,8 @@ def _command(args: argparse.Namespace, out: str) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from amod_bench.data.errors import DatasetError
-    from amod_bench.data.writer import index_shards, verify_shards, write_shards
+    from amod_bench.data.checking import index_shards, verify_shards
+    from amod_bench.data.writer import write_shards
 
     progress = not args.no_progress
     try:
@@ -74,10 +75,11 @@ def main(args: argparse.Namespace) -> int:
                 print(f"bench.py shards {args.source} needs the shard folder: bench.py shards {args.source} DIR")
                 return 2
             if args.source == "index":
-                manifest = index_shards(args.path, num_classes=args.num_classes, workers=args.workers,
-                                        progress=progress)
-                print(f"wrote {os.path.join(os.path.abspath(args.path), 'manifest.json')}: " + ", ".join(
+                manifest, written = index_shards(args.path, num_classes=args.num_classes, workers=args.workers,
+                                                 progress=progress)
+                print(f"wrote {written}: {manifest['num_classes']} classes, " + ", ".join(
                     f"{s} {e['num_samples']} samples" for s, e in manifest["splits"].items()))
+                print(f"a suite names it as  dataset: {os.path.dirname(written) if written.endswith(os.sep + 'manifest.json') else written}")
                 return 0
             return 1 if verify_shards(args.path, workers=args.workers, progress=progress) else 0
         if not args.out:

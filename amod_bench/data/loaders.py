@@ -10,15 +10,19 @@ alone. Each batch is `(images, labels, skipped)`:
              same loader worker; summing it over an epoch counts every skipped sample once
     (keys)   list[str] of sample keys, only with `with_keys=True`
 
-Training (REFERENCE.md 4): every (rank, loader worker) draws its own endless shard sequence
-with `wds.ResampledShards(deterministic=True)`, seeded from (seed, epoch, rank, worker), reads
-it through a seeded shuffle buffer, and stops after its share of `len(loader)` batches
-(`with_epoch`). So every rank yields exactly floor(num_samples / (batch_size * world_size))
-batches whatever the shard sizes (DDP never waits on a rank that ran dry), and the stream is a
-pure function of (seed, epoch, rank, world_size, num_workers): rebuild the loader with `epoch=e`
-to resume at epoch e. An "epoch" is that many samples drawn shard-wise with replacement, not an
-exact pass. Augmentation randomness comes from a per-worker torch generator state seeded the
-same way, isolated from the caller's global RNG.
+Training: each epoch is one pass without replacement. The split's shards are permuted with a
+seed from (seed, epoch), the same permutation on every rank, then split by rank and by loader
+worker as webdataset's split_by_node / split_by_worker do (rank r, worker w read shards
+r + world_size * (w + num_workers * i)), so no shard is read twice in an epoch. Each reader
+streams its shards through a seeded shuffle buffer and stops after the same number of batches,
+`floor(L / batch_size)`, where L is the fewest samples any reader can be dealt (the sum of the
+floor(shards / readers) smallest shard counts, from exact manifest counts). So every rank
+yields the same `len(loader)` batches (DDP never waits on a rank that ran dry), each sample
+at most once per epoch; samples beyond L in a reader's shards wait for a later epoch's deal.
+A split with fewer shards than ranks x loader workers is refused. The stream is a pure
+function of (seed, epoch, rank, world_size, num_workers): rebuild the loader with `epoch=e`
+to resume at epoch e. Augmentation randomness comes from a per-worker torch generator state
+seeded the same way, isolated from the caller's global RNG.
 
 Evaluation: shards in manifest order (no shuffling), split by rank, then by loader worker, so
 each sample is read exactly once across ranks x workers; with fewer shards than readers every
@@ -30,6 +34,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import random
 from itertools import islice
 from typing import Callable, Iterator, Sequence
 
@@ -144,40 +149,53 @@ def _check_args(ds: Dataset, split: str, *, batch_size: int, img_size: int, mean
     return shards
 
 
-class _TrainStream(IterableDataset):
-    """One rank's training stream; a fresh webdataset pipeline per iteration (idempotent)."""
+def _again_while_short(shards, repeat: bool):
+    """The reader's shards once; under on_error="skip" again and again, so samples lost to bad
+    ones are made up from its own shards and its rank still yields every batch (the epoch's
+    batch budget, `with_epoch`, ends the stream)."""
+    shards = list(shards)
+    yield from shards
+    while repeat and shards:
+        yield from shards
 
-    def __init__(self, ds: Dataset, shards, *, steps: int, batch_size: int, img_size: int, transform,
-                 normalize: BatchNormalize, seed: int, epoch: int, rank: int, world_size: int, on_error: str,
-                 shuffle_buffer: int, with_keys: bool, shard_cache: ShardCache | None):
+
+class _TrainStream(IterableDataset):
+    """One rank's training stream for one epoch; a fresh webdataset pipeline per iteration."""
+
+    def __init__(self, ds: Dataset, shards, *, batches_per_worker: int, num_workers: int, batch_size: int,
+                 img_size: int, transform, normalize: BatchNormalize, seed: int, epoch: int, rank: int,
+                 world_size: int, on_error: str, shuffle_buffer: int, with_keys: bool,
+                 shard_cache: ShardCache | None):
         super().__init__()
-        self.shards = [(url, n) for url, n in shards if n > 0]  # empty shards would only be redrawn
+        self.shards = shards
         self.shard_cache = shard_cache
         self.num_samples = sum(n for _, n in self.shards)
-        self.num_classes, self.exact = ds.num_classes, ds.exact_counts
-        self.steps, self.batch_size, self.img_size, self.transform = steps, batch_size, img_size, transform
+        self.num_classes = ds.num_classes
+        self.batches_per_worker, self.num_workers = batches_per_worker, max(1, num_workers)
+        self.batch_size, self.img_size, self.transform = batch_size, img_size, transform
         self.normalize = normalize
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
         self.on_error, self.shuffle_buffer, self.with_keys = on_error, shuffle_buffer, with_keys
 
     def __len__(self) -> int:
-        return self.steps
+        return self.batches_per_worker * self.num_workers
 
     def __iter__(self) -> Iterator:
         worker, num_workers = _worker()
-        # this worker's share of the rank's batches; the DataLoader round-robins over workers
-        batches = self.steps // num_workers + (worker < self.steps % num_workers)
-        if batches == 0:
-            return iter(())
+        if num_workers != self.num_workers:
+            raise RuntimeError(f"train stream built for {self.num_workers} loader workers, run with {num_workers}")
+        urls = [url for url, _ in self.shards]
+        random.Random(_mix(self.seed, self.epoch)).shuffle(urls)  # the same deal on every rank
         stream_seed = _mix(self.seed, self.epoch, self.rank, self.world_size, worker, num_workers)
         counter = SkipCounter(limit=max(self.num_samples, 100))
         bufsize = max(1, min(self.shuffle_buffer, self.num_samples))
         rng = _IsolatedRNG(_mix(stream_seed, 2))  # augmentation randomness of this worker
         pipeline = wds.DataPipeline(
-            # each (rank, worker) draws its own deterministic shard sequence, with replacement
-            wds.ResampledShards([url for url, _ in self.shards], deterministic=True,
-                                worker_seed=functools.partial(int, stream_seed)),
-            functools.partial(read_shards, counts=dict(self.shards), exact=self.exact, on_error=self.on_error,
+            wds.SimpleShardList(urls),
+            functools.partial(_split_by_rank, rank=self.rank, world_size=self.world_size),
+            wds.split_by_worker,
+            functools.partial(_again_while_short, repeat=self.on_error == "skip"),
+            functools.partial(read_shards, counts=dict(self.shards), exact=True, on_error=self.on_error,
                               counter=counter, max_failed_shards=2 * len(self.shards) + 10,
                               cache=self.shard_cache),
             wds.shuffle(bufsize, initial=bufsize, seed=_mix(stream_seed, 1)),
@@ -186,8 +204,33 @@ class _TrainStream(IterableDataset):
                               decode=self.shard_cache.decode if self.shard_cache is not None else decode_sample),
             functools.partial(_batches, batch_size=self.batch_size, counter=counter, with_keys=self.with_keys,
                               img_size=self.img_size, hold=False, normalize=self.normalize, rng=rng),
-        ).with_epoch(nbatches=batches)
+        ).with_epoch(nbatches=self.batches_per_worker)
         return iter(pipeline)
+
+
+def train_batches_per_worker(ds: Dataset, split: str, *, batch_size: int, world_size: int,
+                             num_workers: int) -> int:
+    """Batches each loader worker of every rank yields per epoch (see the module docstring), or
+    DatasetError saying which requirement the split misses, with the numbers."""
+    shards = [n for _, n in ds.shards(split) if n > 0]
+    workers = max(1, num_workers)
+    readers = world_size * workers
+    if not ds.exact_counts:
+        raise DatasetError(f"dataset {ds.root}: the sample counts of split {split!r} are estimates; training "
+                           "deals whole shards to ranks and needs each shard's exact count so that every rank "
+                           f"takes the same number of steps: count them once with  python bench.py shards index "
+                           f"{ds.root}  or give them in a dataset spec (docs/DATA.md)")
+    if len(shards) < readers:
+        raise DatasetError(f"dataset {ds.root}: split {split!r} has {len(shards)} shards, fewer than ranks x loader "
+                           f"workers = {world_size} x {workers} = {readers}; training deals whole shards, so some "
+                           f"would get none: use at most {len(shards)} readers (a suite's recipe.num_loader_workers "
+                           "x resources.workers), or a split with more shards")
+    fewest = sum(sorted(shards)[:len(shards) // readers])  # the fewest samples any reader can be dealt
+    if fewest < batch_size:
+        raise DatasetError(f"dataset {ds.root}: split {split!r} has {sum(shards)} samples in {len(shards)} shards; "
+                           f"dealt to {world_size} x {workers} = {readers} readers, one may get only {fewest}, "
+                           f"fewer than one batch of {batch_size}; lower the batch size or the number of readers")
+    return fewest // batch_size
 
 
 class _EvalStream(IterableDataset):
@@ -320,7 +363,8 @@ def train_loader(ds: Dataset, split: str = "train", *, batch_size: int, img_size
         batch_size: per rank.
         img_size: output side in pixels (RandomResizedCrop).
         mean, std: per-channel normalisation (RGB, on 0..1 pixel values).
-        seed, epoch: the stream is a pure function of (seed, epoch, rank, world_size, num_workers).
+        seed, epoch: the epoch's shard deal and the stream are a pure function of (seed, epoch, rank,
+            world_size, num_workers).
         rank, world_size: this worker's place in the data-parallel group.
         num_workers: DataLoader worker processes (0: in the calling process).
         on_error: "raise" -> DatasetError naming shard and key; "skip" -> skip, count in `skipped`.
@@ -331,20 +375,20 @@ def train_loader(ds: Dataset, split: str = "train", *, batch_size: int, img_size
         shard_cache: raw shards kept in memory across calls (epochs); it lives in this
             process, so only with num_workers=0. The stream is the same with or without it.
 
-    `len(loader)` = floor(num_samples / (batch_size * world_size)), identical on every rank,
-    and exactly that many batches are yielded.
+    `len(loader)` = max(1, num_workers) x floor(L / batch_size), identical on every rank, and
+    exactly that many batches are yielded; L is the fewest samples the epoch's deal of whole
+    shards can give one reader (module docstring). Each sample is seen at most once per epoch
+    across all ranks. Raises DatasetError for estimated counts or fewer shards than readers.
     """
     shards = _check_args(ds, split, batch_size=batch_size, img_size=img_size, mean=mean, std=std, rank=rank,
                          world_size=world_size, num_workers=num_workers, on_error=on_error)
     if shard_cache is not None and num_workers:
         raise ValueError("shard_cache lives in the calling process: it needs num_workers=0")
-    num_samples = ds.num_samples(split)
-    steps = num_samples // (batch_size * world_size)
-    if steps == 0:
-        raise DatasetError(f"dataset {ds.root}: split {split!r} has {num_samples} samples, fewer than one global "
-                           f"batch (batch_size {batch_size} x world_size {world_size}); lower the batch size")
+    batches_per_worker = train_batches_per_worker(ds, split, batch_size=batch_size, world_size=world_size,
+                                                  num_workers=num_workers)
     augment = resolve_augment(ds.augment_defaults, augment)
-    stream = _TrainStream(ds, shards, steps=steps, batch_size=batch_size, img_size=img_size,
+    stream = _TrainStream(ds, [(url, n) for url, n in shards if n > 0], batches_per_worker=batches_per_worker,
+                          num_workers=num_workers, batch_size=batch_size, img_size=img_size,
                           transform=train_transform(img_size, augment),
                           normalize=BatchNormalize(mean, std, augment["random_erasing"]), seed=seed, epoch=epoch,
                           rank=rank, world_size=world_size, on_error=on_error, shuffle_buffer=shuffle_buffer,

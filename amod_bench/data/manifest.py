@@ -1,4 +1,4 @@
-"""Dataset manifests, shard URLs, `open_dataset` and `missing_dataset_message`.
+"""The dataset format: manifests, shard URLs and the opened `Dataset`.
 
 A dataset is a folder of WebDataset tar shards plus `manifest.json`:
 
@@ -17,7 +17,8 @@ A dataset is a folder of WebDataset tar shards plus `manifest.json`:
         "val": {...}, "heldout": {...}
       },
       "defaults": {"augment": {"hflip": false, ...}, "crop_pct": 1.0},   # loader defaults
-      "build": {...}                    # how it was written (for resuming and provenance)
+      "build": {...},                   # how it was written (for resuming and provenance)
+      "estimated_counts": true          # only in memory, for layouts.py's estimates
     }
 
 Shard `url`s are relative to `base_url` when set, otherwise to the manifest's folder; an
@@ -28,22 +29,16 @@ ImageNet served over HTTP is exact in two entries per split:
     "train": {"shards": [{"url": "imagenet-train-{000000..001280}.tar", "samples": 1000},
                          {"url": "imagenet-train-001281.tar", "samples": 167}]}
 
-A folder without a manifest whose files follow ImageNet's naming
-(`imagenet-train-{000000..001281}.tar`, `imagenet-val-{000000..000049}.tar`, or any
-`PREFIX-SPLIT-NNNNNN.tar`) opens too: every shard is assumed to hold `samples_per_shard`
-samples (1000, the ImageNet convention) and there are `num_classes` (1000) classes. Those
-counts are estimates (ImageNet's last train shard holds 167); `bench.py shards index DIR`
-counts every shard once and writes an exact manifest.
+Shards written by others open too, without a manifest (layouts.py builds one in memory):
+a timm / Hugging Face folder with `_info.json`, ImageNet-named shards, or a dataset spec
+file. `opening.py` resolves a suite's dataset spec to a `Dataset`.
 
-This module is stdlib-only, so the suite validator can call `missing_dataset_message`
-without importing torch.
+This module is stdlib-only, so the suite validator reads manifests without importing torch.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
-import shlex
 import urllib.request
 from typing import Any
 
@@ -51,8 +46,6 @@ from amod_bench.data.errors import DatasetError
 
 FORMAT = "amod-bench-shards/1"
 MANIFEST = "manifest.json"
-SHARD_NAME = re.compile(r"^(?P<prefix>.+)-(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{6})\.tar$")
-BUNDLED_PREFIX = "bundled:"
 
 
 def shard_file_name(prefix: str, split: str, index: int) -> str:
@@ -83,9 +76,9 @@ def expand_braces(url: str) -> list[str]:
     return list(braceexpand.braceexpand(url))
 
 
-def write_manifest(folder: str, manifest: dict) -> None:
+def write_manifest(folder: str, manifest: dict, file_name: str = MANIFEST) -> None:
     """Write `folder/manifest.json` atomically (temp file + rename), so readers never see half."""
-    path = os.path.join(folder, MANIFEST)
+    path = os.path.join(folder, file_name)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(manifest, f, indent=1)
@@ -105,7 +98,7 @@ def read_manifest(location: str) -> dict:
         raise DatasetError(f"cannot read dataset manifest {location}: {exn}") from exn
 
 
-def _check_manifest(manifest: Any, where: str) -> None:
+def check_manifest(manifest: Any, where: str) -> None:
     def bad(why: str):
         raise DatasetError(f"{where}: not a valid amod-bench manifest: {why}")
 
@@ -135,14 +128,14 @@ class Dataset:
         manifest: the manifest dictionary (see the module docstring).
         root: the folder (or URL) the manifest came from.
         base: where relative shard URLs resolve (the manifest's `base_url`, or `root`).
-        exact_counts: False when counts are estimates (ImageNet-named folder, no manifest).
     """
 
-    def __init__(self, manifest: dict, *, root: str, base: str, exact_counts: bool = True):
+    def __init__(self, manifest: dict, *, root: str, base: str):
         self.manifest = manifest
         self.root = root
         self.base = base
-        self.exact_counts = exact_counts
+        # False for estimates (a named folder without _info.json, a spec with only num_samples)
+        self.exact_counts: bool = not manifest.get("estimated_counts", False)
         self.name: str = manifest.get("name") or os.path.basename(root.rstrip("/"))
         self.source: str = manifest.get("source", "unknown")
         self.num_classes: int = manifest["num_classes"]
@@ -172,170 +165,3 @@ class Dataset:
     def num_samples(self, split: str) -> int:
         """Exact epoch size from the manifest (an estimate when `exact_counts` is False)."""
         return sum(n for _, n in self.shards(split))
-
-
-def _bundled_folder(name: str, cache_dir: str | None) -> str:
-    from amod_bench.data import bundled  # writes the set on first use
-
-    return str(bundled.ensure_bundled(name, cache_dir=cache_dir))
-
-
-def _scan_named_shards(folder: str) -> dict[str, dict[str, list[str]]]:
-    """{prefix: {split: [file names sorted by index]}} for PREFIX-SPLIT-NNNNNN.tar files."""
-    found: dict[str, dict[str, dict[int, str]]] = {}
-    for entry in os.listdir(folder):
-        match = SHARD_NAME.match(entry)
-        if match:
-            found.setdefault(match["prefix"], {}).setdefault(match["split"], {})[int(match["index"])] = entry
-    return {prefix: {split: [files[i] for i in sorted(files)] for split, files in splits.items()}
-            for prefix, splits in found.items()}
-
-
-def _named_shards_manifest(folder: str, samples_per_shard: int, num_classes: int | None) -> dict:
-    scanned = _scan_named_shards(folder)
-    if len(scanned) > 1:
-        raise DatasetError(f"{folder}: shards of several datasets ({sorted(scanned)}) and no manifest.json; "
-                           "keep one dataset per folder")
-    (prefix, splits), = scanned.items()
-    for split, files in splits.items():
-        indices = [int(SHARD_NAME.match(f)["index"]) for f in files]
-        gaps = sorted(set(range(max(indices) + 1)) - set(indices))
-        if gaps:
-            raise DatasetError(f"{folder}: split {split!r} is missing shard "
-                               f"{shard_file_name(prefix, split, gaps[0])} ({len(gaps)} missing in all)",
-                               shard=os.path.join(folder, shard_file_name(prefix, split, gaps[0])))
-    num_classes = num_classes or 1000
-    return {
-        "format": FORMAT, "name": prefix, "source": f"shards named {prefix}-SPLIT-NNNNNN.tar (no manifest)",
-        "num_classes": num_classes, "class_names": [str(i) for i in range(num_classes)],
-        "complete": True,
-        "splits": {split: {"shards": [{"url": f, "samples": samples_per_shard} for f in files]}
-                   for split, files in sorted(splits.items())},
-    }
-
-
-def open_dataset(spec: str, *, samples_per_shard: int = 1000, num_classes: int | None = None,
-                 base_url: str | None = None, cache_dir: str | None = None) -> Dataset:
-    """Open a dataset for streaming.
-
-    Args:
-        spec: `bundled:digits` or `bundled:mnist5k` (written into the cache on first use);
-            a folder holding `manifest.json` (or the manifest's path, or its http(s) URL);
-            or a folder of ImageNet-named shards without a manifest.
-        samples_per_shard: shard size assumed for a folder without a manifest.
-        num_classes: class count for a folder without a manifest (default 1000); for a
-            manifest it must match if given.
-        base_url: fetch shards from here instead of the manifest's folder (e.g. an HTTP
-            server that serves the same files).
-        cache_dir: where bundled sets live (default `$AMOD_BENCH_CACHE` or
-            `~/.cache/amod_bench/datasets`).
-
-    Raises:
-        DatasetError: the spec does not resolve; the message says how to prepare it.
-    """
-    if spec.startswith(BUNDLED_PREFIX):
-        folder = _bundled_folder(spec[len(BUNDLED_PREFIX):], cache_dir)
-        manifest_location, root = os.path.join(folder, MANIFEST), folder
-    elif spec.startswith(("http://", "https://")):
-        manifest_location = spec if spec.endswith(".json") else spec.rstrip("/") + "/" + MANIFEST
-        root = manifest_location.rsplit("/", 1)[0]
-    else:
-        path = os.path.abspath(os.path.expanduser(spec))
-        if os.path.isfile(path):
-            manifest_location, root = path, os.path.dirname(path)
-        elif os.path.isfile(os.path.join(path, MANIFEST)):
-            manifest_location, root = os.path.join(path, MANIFEST), path
-        elif os.path.isdir(path) and _scan_named_shards(path):
-            manifest = _named_shards_manifest(path, samples_per_shard, num_classes)
-            return Dataset(manifest, root=path, base=base_url or path, exact_counts=False)
-        else:
-            raise DatasetError(missing_dataset_message(spec, cache_dir=cache_dir) or f"cannot open {spec}")
-    manifest = read_manifest(manifest_location)
-    _check_manifest(manifest, manifest_location)
-    if not manifest.get("complete", False):
-        raise DatasetError(f"{manifest_location}: the dataset is incomplete (its writing was interrupted); "
-                           f"finish it with: {manifest.get('build', {}).get('command', 'python bench.py shards ...')}")
-    if num_classes is not None and num_classes != manifest["num_classes"]:
-        raise DatasetError(f"{manifest_location}: {manifest['num_classes']} classes, but {num_classes} were asked for")
-    base = base_url or manifest.get("base_url") or root
-    return Dataset(manifest, root=root, base=base)
-
-
-# ---- missing_dataset_message: fast checks plus the command that prepares what is missing
-
-# source -> (folder-name hints, extra options) for the `bench.py shards` command
-_SOURCE_HINTS: list[tuple[str, tuple[str, ...]]] = [
-    ("flowers102", ("flowers",)),
-    ("pets", ("pet",)),
-    ("cars", ("car",)),
-    ("imagenet", ("imagenet", "ilsvrc")),
-]
-
-
-def guess_source(folder: str) -> str:
-    """Which `bench.py shards` source a dataset folder name suggests (imagefolder if none)."""
-    name = os.path.basename(os.path.normpath(folder)).lower()
-    for source, hints in _SOURCE_HINTS:
-        if any(h in name for h in hints):
-            return source
-    return "imagefolder"
-
-
-def prepare_command(folder: str) -> str:
-    """The `python bench.py shards ...` command that writes the dataset `folder` (docs/DATA.md)."""
-    folder = os.path.abspath(os.path.expanduser(folder))
-    source = guess_source(folder)
-    out = shlex.quote(folder)
-    if source == "imagenet":
-        return f"python bench.py shards imagenet --root /path/to/ILSVRC2012 --out {out}"
-    if source == "imagefolder":
-        return (f"python bench.py shards imagefolder --root /path/to/imagefolder_tree --out {out} "
-                "--heldout-fraction 0.1")
-    raw = shlex.quote(folder.rstrip("/") + "-raw")
-    download = "" if source == "cars" else " --download"
-    return f"python bench.py shards {source} --root {raw}{download} --out {out} --heldout-fraction 0.1"
-
-
-def missing_dataset_message(spec: str, *, cache_dir: str | None = None) -> str | None:
-    """None if `spec` resolves to a readable dataset; otherwise what is missing and the exact
-    `python bench.py shards ...` command that prepares it.
-
-    Fast and side-effect free: it reads at most one manifest and stats local shard files; it
-    never builds a loader, a bundled set or a network connection.
-    """
-    if spec.startswith(BUNDLED_PREFIX):
-        from amod_bench.data.bundled import BUNDLED, bundled_requirement_missing
-
-        name = spec[len(BUNDLED_PREFIX):]
-        if name not in BUNDLED:
-            return f"unknown bundled dataset {spec!r}; bundled sets: {', '.join(BUNDLED_PREFIX + n for n in BUNDLED)}"
-        return bundled_requirement_missing(name)
-    if spec.startswith(("http://", "https://")):
-        return None  # checked when opened; the validator stays offline
-    path = os.path.abspath(os.path.expanduser(spec))
-    manifest_path = path if os.path.isfile(path) else os.path.join(path, MANIFEST)
-    folder = os.path.dirname(manifest_path)
-    if not os.path.isfile(manifest_path):
-        if os.path.isdir(path) and _scan_named_shards(path):
-            try:
-                _named_shards_manifest(path, 1000, None)
-            except DatasetError as exn:
-                return str(exn)
-            return None
-        what = "has no manifest.json and no PREFIX-SPLIT-NNNNNN.tar shards" if os.path.isdir(path) else "does not exist"
-        return f"dataset folder {path} {what}; prepare it with:\n  {prepare_command(path)}"
-    try:
-        manifest = read_manifest(manifest_path)
-        _check_manifest(manifest, manifest_path)
-    except DatasetError as exn:
-        return f"{exn}; rewrite it with:\n  {prepare_command(folder)}"
-    command = manifest.get("build", {}).get("command") or prepare_command(folder)
-    if not manifest.get("complete", False):
-        return f"dataset {folder} is incomplete (writing was interrupted); finish it with:\n  {command}"
-    base = manifest.get("base_url") or folder
-    if not is_remote(base):
-        for entry in manifest["splits"].values():
-            for url in (join_url(base, u) for shard in entry["shards"] for u in expand_braces(shard["url"])):
-                if not is_remote(url) and not os.path.isfile(url):
-                    return f"dataset {folder} is missing shard {url}; rewrite the missing shards with:\n  {command}"
-    return None

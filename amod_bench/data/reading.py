@@ -173,6 +173,13 @@ def read_shards(shards: Iterable[dict], *, counts: dict[str, int], exact: bool, 
         position = start + (expected if exact and expected is not None else n)
 
 
+def progress_bar(total: int, initial: int, desc: str, enabled: bool, unit: str = "img"):
+    """A tqdm bar for writing and checking shards (off with `enabled=False`)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
+
+
 def decode_sample(sample: dict, num_classes: int | None):
     """(PIL RGB image, label) from a raw sample, or DatasetError naming shard and key.
 

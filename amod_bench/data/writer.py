@@ -1,4 +1,4 @@
-"""Writing datasets as WebDataset shards, and checking shard folders (`verify`, `index`).
+"""Writing datasets as WebDataset shards (checking them back: checking.py).
 
 `write_shards(source, out, ...)`:
   1. plan: the source's pools become train / val (/ heldout) with a seeded stratified split
@@ -13,7 +13,7 @@
   3. resume: a rerun with the same options keeps every shard that the manifest records and
      whose file has the recorded size, and writes the rest; other options are refused
      unless `overwrite=True`.
-  4. finish: `complete: true`. `verify_shards` then reads every sample back.
+  4. finish: `complete: true`. `checking.verify_shards` then reads every sample back.
 
 Samples are `{"__key__": key, "jpg" | "png": bytes, "cls": label}`; tar members are
 `KEY.cls` and `KEY.jpg`, readable by stock `tar` and plain `webdataset`. Encoded JPEG files
@@ -27,15 +27,14 @@ import io
 import json
 import os
 import time
-from collections import Counter
 
 import numpy as np
 import webdataset as wds
 
 from amod_bench.data.errors import DatasetError
-from amod_bench.data.manifest import (FORMAT, MANIFEST, _check_manifest, _scan_named_shards, open_dataset,
-                                      read_manifest, shard_file_name, write_manifest)
-from amod_bench.data.reading import decode_sample, read_shards
+from amod_bench.data.layouts import scan_named_shards
+from amod_bench.data.manifest import FORMAT, MANIFEST, read_manifest, shard_file_name, write_manifest
+from amod_bench.data.reading import progress_bar
 from amod_bench.data.sources import Item, Source, stratified_split
 
 DEFAULT_MAXCOUNT = 1000  # ImageNet convention: 1,000 samples per shard
@@ -134,12 +133,6 @@ def _fingerprint(build: dict) -> str:
     return json.dumps({k: v for k, v in build.items() if k != "command"}, sort_keys=True)
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)
-
-
 def write_shards(source: Source, out: str, *, seed: int = 0, val_fraction: float = 0.2,
                  heldout_fraction: float = 0.0, maxcount: int | None = None, num_shards: int | None = None,
                  image_format: str | None = None, quality: int = 95, max_size: int | None = None,
@@ -201,7 +194,7 @@ def write_shards(source: Source, out: str, *, seed: int = 0, val_fraction: float
     write_manifest(out, _public(manifest))
 
     pending = [j for j in jobs if (j["split"], j["index"]) not in done]
-    bar = _progress(sum(len(j["items"]) for j in jobs), sum(e["samples"] for e in done.values()), prefix, progress)
+    bar = progress_bar(sum(len(j["items"]) for j in jobs), sum(e["samples"] for e in done.values()), prefix, progress)
     last_write = time.monotonic()
 
     def record(entry: dict) -> None:
@@ -258,7 +251,7 @@ def _resumable_entries(out: str, build: dict, overwrite: bool) -> dict[tuple[str
     """Shards of an earlier run with the same options that are complete on disk."""
     path = os.path.join(out, MANIFEST)
     if not os.path.isfile(path):
-        if _scan_named_shards(out) and not overwrite:
+        if scan_named_shards(out) and not overwrite:
             raise DatasetError(f"{out} already holds shards but no {MANIFEST}; choose another --out or pass --overwrite")
         return {}
     old = read_manifest(path)
@@ -281,110 +274,3 @@ def _resumable_entries(out: str, build: dict, overwrite: bool) -> dict[tuple[str
             if os.path.isfile(file) and os.path.getsize(file) == shard.get("bytes"):
                 done[(split, index)] = {**shard, "split": split, "index": index}
     return done
-
-
-# ---- reading every sample back
-
-def _check_shard(job: dict) -> dict:
-    """Read one shard fully: count, keys, label histogram, problems (runs in a worker process)."""
-    url, expected, exact, num_classes = job["url"], job["expected"], job["exact"], job["num_classes"]
-    problems, keys, labels = [], [], Counter()
-    try:
-        for sample in read_shards([dict(url=url)], counts={url: expected}, exact=exact):
-            keys.append(sample["__key__"])
-            try:
-                labels[decode_sample(sample, num_classes)[1]] += 1
-            except DatasetError as exn:
-                problems.append(str(exn))
-    except DatasetError as exn:
-        problems.append(str(exn))
-    return {"url": url, "samples": len(keys), "keys": keys, "labels": labels, "problems": problems}
-
-
-def check_shards(spec: str, *, workers: int = 1, progress: bool = True, check_labels: bool = True) -> dict:
-    """Read every sample of every split of a dataset; {split: {"shards": [results], "problems": [...]}}."""
-    ds = open_dataset(spec)
-    label_limit = ds.num_classes if check_labels else None
-    jobs = [{"split": split, "url": url, "expected": n, "exact": ds.exact_counts, "num_classes": label_limit}
-            for split in ds.splits for url, n in ds.shards(split)]
-    results: dict[str, dict] = {split: {"shards": [], "problems": []} for split in ds.splits}
-    bar = _progress(len(jobs), 0, f"reading {ds.name}", progress)
-    bar.unit = "shard"
-    with cf.ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Serial() as pool:
-        for job, result in zip(jobs, pool.map(_check_shard, jobs)):
-            results[job["split"]]["shards"].append(result)
-            bar.update(1)
-    bar.close()
-    for split, entry in results.items():
-        keys = Counter(k for r in entry["shards"] for k in r["keys"])
-        duplicates = [k for k, c in keys.items() if c > 1]
-        entry["problems"] = [p for r in entry["shards"] for p in r["problems"]]
-        if duplicates:
-            entry["problems"].append(f"split {split!r}: {len(duplicates)} duplicate keys, e.g. {duplicates[:3]}")
-        entry["samples"] = sum(r["samples"] for r in entry["shards"])
-        entry["expected"] = ds.num_samples(split)
-        if ds.exact_counts and entry["samples"] != entry["expected"]:
-            entry["problems"].append(f"split {split!r}: {entry['samples']} samples read, manifest says "
-                                     f"{entry['expected']}")
-        entry["labels"] = sum((r["labels"] for r in entry["shards"]), Counter())
-    results["__dataset__"] = ds
-    return results
-
-
-class _Serial:
-    """`pool.map` in the calling process (workers=1)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @staticmethod
-    def map(fn, jobs):
-        return map(fn, jobs)
-
-
-def verify_shards(spec: str, *, workers: int = 1, progress: bool = True, out=print) -> list[str]:
-    """Read every sample back, check decoding, labels, unique keys and counts; returns problems."""
-    results = check_shards(spec, workers=workers, progress=progress)
-    ds = results.pop("__dataset__")
-    problems = []
-    for split, entry in results.items():
-        status = "ok" if not entry["problems"] else f"{len(entry['problems'])} problem(s)"
-        out(f"{ds.name} {split}: {len(entry['shards'])} shards, {entry['samples']} samples "
-            f"(manifest {entry['expected']}{'' if ds.exact_counts else ', estimated'}), "
-            f"{len(entry['labels'])}/{ds.num_classes} classes present: {status}")
-        problems += entry["problems"]
-    for problem in problems[:50]:
-        out(f"  {problem}")
-    return problems
-
-
-def index_shards(folder: str, *, num_classes: int | None = None, workers: int = 1, progress: bool = True) -> dict:
-    """Count every shard of an ImageNet-named folder once and write an exact manifest.json."""
-    folder = os.path.abspath(os.path.expanduser(folder))
-    if os.path.isfile(os.path.join(folder, MANIFEST)):
-        raise DatasetError(f"{folder} already has a {MANIFEST}")
-    results = check_shards(folder, workers=workers, progress=progress, check_labels=False)
-    ds = results.pop("__dataset__")
-    problems = [p for entry in results.values() for p in entry["problems"]]
-    if problems:
-        raise DatasetError(f"{folder}: cannot index, {len(problems)} problem(s); first: {problems[0]}")
-    found = max((label for entry in results.values() for label in entry["labels"]), default=-1) + 1
-    num_classes = num_classes or found
-    if found > num_classes:
-        raise DatasetError(f"{folder}: labels go up to {found - 1}, beyond num_classes {num_classes}")
-    manifest = {
-        "format": FORMAT, "name": ds.name, "source": f"index of existing shards in {folder}",
-        "num_classes": num_classes, "class_names": [str(i) for i in range(num_classes)],
-        "image_format": None, "base_url": None, "complete": True,
-        "splits": {split: {"num_samples": entry["samples"], "planned_shards": len(entry["shards"]),
-                           "shards": [{"url": os.path.basename(r["url"]), "samples": r["samples"],
-                                       "bytes": os.path.getsize(r["url"])} for r in entry["shards"]]}
-                   for split, entry in results.items()},
-        "defaults": {}, "build": {"command": f"python bench.py shards index {folder}"},
-    }
-    _check_manifest(manifest, folder)
-    write_manifest(folder, manifest)
-    return manifest
