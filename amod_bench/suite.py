@@ -24,7 +24,7 @@ Full example (every field shown; most have defaults and can be left out)::
     defaults:                           # shared by every stage; a stage's own mappings merge over it key by key
       grid:
         model: deit_tiny_patch16_224
-        dataset: bundled:digits         # bundled:<name>, a shards folder (relative = working directory) or URL
+        dataset: bundled:digits         # bundled:<name>, a shards folder (relative = working directory), URL or spec .yaml
         seed: [0, 1, 2]
       recipe:
         optimizer: adamw
@@ -703,10 +703,12 @@ class _Registries:
 
 
 def dataset_short_name(spec: str) -> str:
-    """`bundled:digits` -> `digits`; a folder -> its base name."""
+    """`bundled:digits` -> `digits`; a folder -> its base name; a dataset spec file -> its name
+    without `.yaml` / `.yml`."""
     if spec.startswith("bundled:"):
         return spec.split(":", 1)[1]
-    return os.path.basename(os.path.normpath(spec)) or "data"
+    name = os.path.basename(os.path.normpath(spec))
+    return (name.rsplit(".", 1)[0] if name.endswith((".yaml", ".yml")) else name) or "data"
 
 
 def resolve_path(spec: str, base_dir: str) -> str:
