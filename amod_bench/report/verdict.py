@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .accuracy import t_interval, welch_interval
+from .convergence import PAIRED_BOOTSTRAP
 from .groups import WORKLOAD_KEYS, at_compared_capacities, display_name, router_rank, seeds_pair
 
 AMOD_BASELINES = ("mod", "isoflop", "dense")  # A-MoD against each; every other routed arm against MoD
@@ -51,17 +52,21 @@ def baselines_of(router: str) -> tuple[str, ...]:
     return () if router in (*NOT_ROUTED, "mod") else ("mod",)
 
 
+def no_effect(measure: str) -> float:
+    """1 for a speedup (a ratio), 0 for a difference in points."""
+    return 1.0 if measure in SPEEDUPS else 0.0
+
+
 def word(measure: str, low: float, high: float, who: str, n_seeds: int = 2) -> str:
     """The verdict read off the CI (see the module docstring); `who` names the router, `n_seeds` the smaller side."""
     if n_seeds < 2:
         return "too few seeds"
     if np.isnan(low) or np.isnan(high):
         return "no estimate"  # a speedup where neither arm reached the target
-    no_effect = 1.0 if measure in SPEEDUPS else 0.0
     up, down = ("faster", "slower") if measure in SPEEDUPS else ("better", "worse")
-    if low > no_effect:
+    if low > no_effect(measure):
         return f"{who} {up}"
-    if high < no_effect:
+    if high < no_effect(measure):
         return f"{who} {down}"
     return "not resolved"
 
@@ -125,9 +130,9 @@ def effects(cells: pd.DataFrame, step0: pd.Series, speed: pd.DataFrame, level: f
                 s = common.loc[key]
                 found = dict(estimate=s["speedup"], ci_low=s["ci_low"], ci_high=s["ci_high"], method=s["method"],
                              n_router=int(s["n_router"]), n_baseline=int(s["n_baseline"]),
-                             paired=s["method"].startswith("paired"))
+                             paired=s["method"] == PAIRED_BOOTSTRAP)
             if found:
-                rows.append({**comp, "measure": measure, "no_effect": 1.0 if measure in SPEEDUPS else 0.0, **found,
+                rows.append({**comp, "measure": measure, "no_effect": no_effect(measure), **found,
                              "word": word(measure, found["ci_low"], found["ci_high"], who,
                                           min(found["n_router"], found["n_baseline"]))})
     columns = [*COMPARISON_KEYS, "measure", "no_effect", "estimate", "ci_low", "ci_high", "method", "n_router",
