@@ -8,7 +8,8 @@ One row per cell: id, stage, model, router, capacity, dataset, seed, lr (or "fro
 <stage>" when a search picks it at run time), parameters, inference GMACs per image
 (multiply-accumulates, the paper's "FLOPs") and the FLOP ratio to the full-depth dense
 model of the same architecture, then one line of totals. `--json` prints one JSON
-object per cell instead. The figures come from `amod_bench.costs.cell_costs`, the same
+object per cell instead, with the dataset's class count and train / evaluation sample counts
+where the dataset resolves here. The figures come from `amod_bench.costs.cell_costs`, the same
 function the runner writes into each cell's config.json; parameters are counted on a
 model built on the `meta` device, so even ViT-L plans instantly.
 
@@ -72,15 +73,16 @@ def plan_rows(cells) -> list[dict]:
     """One flat dict per cell with the plan's figures (the --json output)."""
     from amod_bench.costs import cell_costs
 
-    classes: dict[str, int | None] = {}
+    datasets: dict[str, object] = {}  # dataset_path -> Dataset, or None where it does not resolve here
     costs: dict[str, dict] = {}
     stage_of = {cell.id: cell.stage for cell in cells}
     rows = []
     for cell in cells:
         c = cell.config
-        if c["dataset_path"] not in classes:
-            classes[c["dataset_path"]] = dataset_classes(c["dataset_path"])
-        num_classes = classes[c["dataset_path"]]
+        if c["dataset_path"] not in datasets:
+            datasets[c["dataset_path"]] = dataset_here(c["dataset_path"])
+        dataset = datasets[c["dataset_path"]]
+        num_classes = dataset.num_classes if dataset is not None else None
         if num_classes is None:
             from amod_bench.models import model_config
 
@@ -89,14 +91,18 @@ def plan_rows(cells) -> list[dict]:
                                           "img_size", "router_options")] + [num_classes], sort_keys=True)
         if arch not in costs:  # cell_costs caches parameter counts too; this skips the MAC math
             costs[arch] = cell_costs(c, num_classes=num_classes)
-        rows.append(_row(cell, costs[arch], stage_of))
+        rows.append(_row(cell, costs[arch], stage_of, dataset))
     return rows
 
 
-def _row(cell, cost: dict, stage_of: dict[str, str]) -> dict:
+def _row(cell, cost: dict, stage_of: dict[str, str], dataset) -> dict:
     from amod_bench.suite import dataset_short_name
 
     c = cell.config
+
+    def samples(split: str) -> int | None:  # from the manifest, _info.json or dataset spec
+        return dataset.num_samples(split) if dataset is not None and split in dataset.splits else None
+
     notes = []
     if c["select"] and c["select"]["param"] != "lr":
         notes.append(f"{c['select']['param']} from {c['select']['stage']}")
@@ -114,12 +120,13 @@ def _row(cell, cost: dict, stage_of: dict[str, str]) -> dict:
         "params": cost["params"], "gmacs": cost["gmacs"], "flop_ratio": cost["flop_ratio_dense"],
         "train_macs_per_sample": cost["train_macs_per_sample"],
         "img_size": cost["img_size"], "num_classes": cost["num_classes"],
+        "train_samples": samples("train"), "eval_samples": samples(c["eval_split"]),
         "notes": ", ".join(notes),
     }
 
 
-def dataset_classes(path: str) -> int | None:
-    """Classes of a dataset that resolves here without side effects, else None.
+def dataset_here(path: str):
+    """The `Dataset` if it resolves here without side effects, else None.
 
     A folder's manifest is read; a bundled set is read only if already written (opening it
     would write it into the cache) and otherwise left to the model's default."""
@@ -140,7 +147,7 @@ def dataset_classes(path: str) -> int | None:
     from amod_bench.data import DatasetError, open_dataset
 
     try:
-        return open_dataset(path).num_classes
+        return open_dataset(path)
     except DatasetError:
         return None
 
