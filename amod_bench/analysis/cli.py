@@ -162,7 +162,7 @@ def analyze_importance(folder: Path, *, n_images: int = 64, definition: str = "s
     folder = Path(folder)
     started = time.perf_counter()
     cells, routed = _routed_cells(folder)
-    frames = {CORRELATIONS: [], PRECISION_AT_K: [], DIAGNOSTICS: []}
+    frames = {CORRELATIONS: [], PRECISION_AT_K: [], DIAGNOSTICS: []}  # file name -> rows
     inputs = {"definition": definition, "n_images_requested": n_images, "random_seed": seed, "level": LEVEL,
               "torch_threads": torch.get_num_threads(), "groups": []}
     for (parent_id, dataset), group in routed.groupby(["init_from", "dataset"], sort=True):
@@ -187,7 +187,7 @@ def analyze_importance(folder: Path, *, n_images: int = 64, definition: str = "s
 def _analyze_group(parent: pd.Series, group: pd.DataFrame, *, n_images: int, definition: str, seed: int, log):
     """Tables (lists of rows) and the inputs record for the routed cells of one parent and dataset."""
     from amod_bench.report.routing_maps import build_from_checkpoint, validation_batch
-    from amod_bench.routers.layout import kept_tokens, resolve_routed_layers
+    from amod_bench.routers.layout import resolve_routed_layers
 
     from . import importance as imp
 
@@ -195,66 +195,41 @@ def _analyze_group(parent: pd.Series, group: pd.DataFrame, *, n_images: int, def
     parent_config = _config(parent)
     configs = {row["cell"]: _config(row) for _, row in group.iterrows()}
     first = configs[group["cell"].iloc[0]]
-    reference = build_from_checkpoint({**parent_config, "router": "dense"}, weights[parent["cell"]]).eval()
     if parent_config.get("num_classes") != first.get("num_classes"):
         raise AnalysisError(f"parent {parent['cell']} has {parent_config.get('num_classes')} classes but "
                             f"{group['dataset'].iloc[0]} has {first.get('num_classes')}: its loss on these images "
                             "is undefined")
+    reference = build_from_checkpoint({**parent_config, "router": "dense"}, weights[parent["cell"]]).eval()
     images, labels, _mean, _std = validation_batch(first, reference, n_images)
     if len(images) < n_images:
         log(f"importance: the validation split holds {len(images)} images, fewer than --images {n_images}")
-    depth = len(reference.blocks)
-    blocks = sorted({b for c in configs.values() for b in resolve_routed_layers(depth, c["routed_layers"])})
-
+    blocks = sorted({b for c in configs.values() for b in resolve_routed_layers(len(reference.blocks),
+                                                                                 c["routed_layers"])})
     dense = imp.trace(reference, images, inputs_of=blocks)
     importance = {b: imp.leave_one_out_importance(reference, dense.block_inputs[b], labels, b, definition)
                   for b in blocks}
     num_tokens = dense.block_inputs[blocks[0]].shape[1]
     where = {"parent": parent["cell"], "dataset": group["dataset"].iloc[0], "definition": definition}
+    tables = {CORRELATIONS: [], PRECISION_AT_K: [], DIAGNOSTICS: []}
 
-    # parameter-free routers on the parent's weights at C = 1: the dense forward, its routers' scores
-    scored = [b for b in blocks if b > 0 and b - 1 not in blocks]  # attention routers read block b-1 over N
-    parent_scores = {}
+    # parameter-free routers on the parent's weights at C = 1: the dense forward, and the scores its routers compute
+    scored = [b for b in blocks if b > 0 and b - 1 not in blocks]  # attention routers read block b-1 over all N
+    capacities = sorted({(float(c["capacity"]), c.get("cls_policy") == "keep") for c in configs.values()})
     for router in PARENT_ROUTERS:
-        layers = scored if router != "random" else blocks
-        model = build_from_checkpoint({**parent_config, "router": router, "capacity": 1.0, "routed_layers": layers,
-                                       "cls_policy": "compete",
+        model = build_from_checkpoint({**parent_config, "router": router, "capacity": 1.0, "cls_policy": "compete",
+                                       "routed_layers": blocks if router == "random" else scored,
                                        "router_options": {"seed": seed} if router == "random" else {}},
                                       weights[parent["cell"]]).eval()
-        parent_scores[router] = imp.trace(model, images).scores
+        _add_rows(tables, [imp.trace(model, images)], importance, {**where, "router": router, "source": "parent"},
+                  [int(parent["seed"])], capacities, num_tokens)
 
-    capacities = sorted({(float(c["capacity"]), c.get("cls_policy") == "keep") for c in configs.values()})
-    correlations, precision, diagnostics = [], [], []
-    for router, scores in parent_scores.items():
-        seeds = [seed] if router == "random" else []
-        for b, s in sorted(scores.items()):
-            base = {**where, "block": b, "router": router, "source": "parent"}
-            correlations.append(_correlation_row({**base, "capacity": np.nan}, seeds,
-                                                 [imp.token_statistics(s, importance[b])]))
-            for capacity, keep_cls in capacities:
-                k = kept_tokens(num_tokens, capacity)
-                precision.append(_precision_row({**base, "capacity": capacity}, seeds, k, num_tokens,
-                                                [imp.token_statistics(s, importance[b], k, keep_cls)]))
-
-    for _variant, variant_cells in group.groupby("variant", sort=False):
-        row0 = variant_cells.iloc[0]
+    for _variant, cells in group.groupby("variant", sort=False):
+        row0 = cells.iloc[0]
         label = row0["router_label"] + (f" [{row0['recipe']}]" if row0["recipe"] else "")
-        capacity, keep_cls = float(row0["capacity"]), configs[row0["cell"]].get("cls_policy") == "keep"
-        k = kept_tokens(num_tokens, capacity)
-        seeds = [int(s) for s in variant_cells["seed"]]
-        traces = [imp.trace(build_from_checkpoint(configs[c], weights[c]).eval(), images)
-                  for c in variant_cells["cell"]]
-        for b in sorted(traces[0].scores):
-            base = {**where, "block": b, "router": label, "source": "fine-tuned", "capacity": capacity}
-            per_seed = [imp.token_statistics(t.scores[b], importance[b], k, keep_cls) for t in traces]
-            correlations.append(_correlation_row(base, seeds, per_seed))
-            precision.append(_precision_row(base, seeds, k, num_tokens, per_seed))
-        routing = [imp.routing_statistics(t.kept, num_tokens) for t in traces]
-        for b in sorted(routing[0]):
-            row = {**where, "block": b, "router": label, "capacity": capacity, "k": k, **_seeds(seeds)}
-            for stat in ("cls_kept", "jaccard_previous"):
-                row[stat] = _summary(_seed_mean([r[b][stat] for r in routing]))["mean"]
-            diagnostics.append({**row, "n_images": len(images)})
+        traces = [imp.trace(build_from_checkpoint(configs[c], weights[c]).eval(), images) for c in cells["cell"]]
+        capacity = (float(row0["capacity"]), configs[row0["cell"]].get("cls_policy") == "keep")
+        _add_rows(tables, traces, importance, {**where, "router": label, "source": "fine-tuned"},
+                  [int(s) for s in cells["seed"]], [capacity], num_tokens)
 
     record = {**where, "parent_checkpoint": str(weights[parent["cell"]]), "blocks": blocks,
               "attention_scored_blocks": scored, "n_images": len(images), "tokens": num_tokens,
@@ -264,4 +239,36 @@ def _analyze_group(parent: pd.Series, group: pd.DataFrame, *, n_images: int, def
               "labels": labels.tolist(),
               "cells": [{"cell": c, "router": configs[c]["router"], "capacity": configs[c]["capacity"],
                          "seed": configs[c]["seed"], "checkpoint": str(weights[c])} for c in group["cell"]]}
-    return {CORRELATIONS: correlations, PRECISION_AT_K: precision, DIAGNOSTICS: diagnostics}, record
+    return tables, record
+
+
+def _add_rows(tables: dict, traces: list, importance: dict, base: dict, seeds: list[int], capacities,
+              num_tokens: int) -> None:
+    """Rows of every table for one router: `traces` holds one Trace per seed (the parent: one).
+
+    Correlations once per block; precision@k per (capacity, keep CLS) in `capacities`; the routing
+    diagnostics only for fine-tuned cells, whose kept sets are their own routing (the parent at C = 1
+    keeps every token).
+    """
+    from amod_bench.routers.layout import kept_tokens
+
+    from . import importance as imp
+
+    fine_tuned = base["source"] == "fine-tuned"
+    for b in sorted(traces[0].scores):
+        row = {**base, "block": b, "capacity": capacities[0][0] if fine_tuned else np.nan}
+        tables[CORRELATIONS].append(_correlation_row(row, seeds, [imp.token_statistics(t.scores[b], importance[b])
+                                                                  for t in traces]))
+        for capacity, keep_cls in capacities:
+            k = kept_tokens(num_tokens, capacity)
+            per_seed = [imp.token_statistics(t.scores[b], importance[b], k, keep_cls) for t in traces]
+            tables[PRECISION_AT_K].append(_precision_row({**row, "capacity": capacity}, seeds, k, num_tokens, per_seed))
+    if fine_tuned:
+        routing = [imp.routing_statistics(t.kept, num_tokens) for t in traces]
+        capacity = capacities[0][0]
+        for b in sorted(routing[0]):
+            row = {**{key: v for key, v in base.items() if key != "source"}, "block": b, "capacity": capacity,
+                   "k": kept_tokens(num_tokens, capacity), **_seeds(seeds)}
+            for stat in ("cls_kept", "jaccard_previous"):
+                row[stat] = _summary(_seed_mean([r[b][stat] for r in routing]))["mean"]
+            tables[DIAGNOSTICS].append({**row, "n_images": len(routing[0][b]["cls_kept"])})
