@@ -210,8 +210,10 @@ def test_cli_writes_the_analysis_and_the_report_renders_it(tmp_path, dense):
     assert "| block 1 | block 3 | block 5 |" in section.tables[0].markdown
     assert "amod (fine-tuned)" in section.tables[1].markdown and section.messages == []
     for piece in section.tables:
-        assert (tmp_path / "report" / "tables" / f"{piece.name}.csv").is_file() and piece.caption
-    assert [p.stat().st_size > 0 for p in section.figures[0].paths] == [True, True]
+        assert (tmp_path / "report" / "tables" / f"{piece.name}.csv").is_file() and piece.how and piece.definition
+    assert [p.name for p in section.figures[0].paths] == ["importance.png", "importance.pdf"]
+    assert all(p.stat().st_size > 0 for p in section.figures[0].paths)
+    assert importance_section([root], tmp_path / "report" / "tables").figures == []  # --no-figures
 
 
 def test_missing_checkpoints_are_named(tmp_path, dense):

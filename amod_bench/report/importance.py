@@ -6,11 +6,12 @@ this module turns those files into the report's tables and figure and never reru
 model (no torch here):
 
     section = importance_section(results.sources, tables_dir, figures_dir)
-    section.tables   # [Piece(title, caption, name, markdown)]: CSV + markdown written under tables_dir
-    section.figures  # [Piece(title, caption, name, paths=[png, pdf])] under figures_dir (None: no figures)
+    section.tables   # [Piece(title, how, definition, name, markdown)]: CSV + markdown written under tables_dir
+    section.figures  # [Piece(title, how, definition, name, paths=[png, pdf])] under figures_dir (None: none)
     section.messages # why something is absent (no analysis files)
 
-Several results folders: their analysis rows are stacked, with a `suite` column.
+Several results folders: their analysis rows are stacked, with a `suite` column; one figure per
+(suite, parent, dataset).
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class Piece:
     """One table or figure of the section, with the one line that says how to read it."""
 
     title: str
-    caption: str
+    how: str  # one line: how to read it
+    definition: str  # what every number is
     name: str  # file name under tables/ or figures/, without extension
     markdown: str = ""  # tables: the markdown shown in index.md
     paths: list[Path] = field(default_factory=list)  # figures: [png, pdf]
@@ -155,30 +157,45 @@ def importance_section(folders, tables_dir: Path, figures_dir: Path | None = Non
                "router (fine-tuned) = the fine-tuned cell's own scores, averaged over seeds per image")
     specs = [
         (corr, "importance_correlations", correlation_markdown, "Token importance vs router scores",
+         "closer to 1 = the router ranks tokens as their importance does; 0 = unrelated; compare routers within "
+         "a block",
          f"Spearman ρ of each router's scores with the {importance}; per image over its tokens, then mean "
-         f"[95% t CI] over images (Pearson in the CSV); {sources}; 0 = unrelated, 1 = same order"),
+         f"[95% t CI] over images (Pearson in the CSV); {sources}"),
         (prec, "importance_precision_at_k", precision_markdown, "Kept set vs most important tokens",
+         "above chance = the router keeps tokens that matter; 1 = it keeps exactly the k most important",
          f"precision@k = share of a router's k kept tokens (k = floor(C N)) that are among the k most important "
          f"by the {importance}; mean [95% t CI] over images; chance = k/N; {sources}"),
         (diag, "routing_diagnostics", diagnostics_markdown, "Routing diagnostics",
+         "how often each routed block lets CLS through, and how much consecutive routed blocks agree on the "
+         "tokens they keep",
          "per routed block of each fine-tuned routed cell: CLS kept = share of images whose CLS token (index 0) "
          "the block keeps; Jaccard = |A ∩ B| / |A ∪ B| of the block's kept set and the previous routed block's, "
          "mean over images (1 = same tokens); means over seeds"),
     ]
-    for frame, name, to_markdown, title, caption in specs:
+    for frame, name, to_markdown, title, how, definition in specs:
         if frame.empty:
             continue
         write_csv(frame, tables_dir, name)
-        section.tables.append(Piece(title, caption, name, write_markdown(to_markdown(frame), tables_dir, name)))
-    if figures_dir is not None and not prec.empty and not corr.empty:
-        from .figures import close
-        from .output import save_figure
+        section.tables.append(Piece(title, how, definition, name,
+                                    write_markdown(to_markdown(frame), tables_dir, name)))
+    if figures_dir is None or prec.empty or corr.empty:
+        return section
+    from .figures import close
+    from .output import save_figure
+    from .routing_maps import slug
 
-        fig = importance_figure(corr, prec)
-        paths = save_figure(fig, figures_dir, "importance")
+    groups = prec.groupby(["suite", "parent", "dataset"], sort=True)
+    for (suite, parent, dataset), group in groups:
+        name = "importance" if groups.ngroups == 1 else "importance_" + slug(f"{suite}_{dataset}_{parent}")
+        fig = importance_figure(corr[(corr["suite"] == suite) & (corr["parent"] == parent)
+                                     & (corr["dataset"] == dataset)], group)
+        paths = save_figure(fig, figures_dir, name)
         close(fig)
+        where = "" if groups.ngroups == 1 else f" ({suite}: {dataset}, parent {parent})"
         section.figures.append(Piece(
-            "Token importance vs router scores", f"top: Spearman ρ of router scores with the {importance}; "
-            "bottom: precision@k (dotted = chance); columns = capacity; dashed = router on the parent's tokens, "
-            "solid = fine-tuned cell; error bars = 95% t CI over images", "importance", paths=paths))
+            f"Token importance vs router scores{where}",
+            "higher is better in both rows; a router whose points sit on the grey line does no better than chance",
+            f"top: Spearman ρ of router scores with the {importance}; bottom: precision@k (dotted = chance k/N); "
+            "columns = capacity; dashed = router on the parent's tokens, solid = fine-tuned cell; error bars = "
+            "95% t CI over images", name, paths=paths))
     return section
