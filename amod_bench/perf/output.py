@@ -147,3 +147,39 @@ def write_figure(result: dict, path: str) -> bool:
     fig.tight_layout()
     save_figure(fig, path)
     return True
+
+
+GPU_PANELS = (("train", False, None, "train step, eager"), ("train", True, None, "train step, torch.compile"),
+              ("infer", False, "paper", "inference, the paper's batch"), ("infer", False, "max", "inference, largest batch"))
+
+
+def write_gpu_figure(result: dict, path: str) -> bool:
+    """The GPU run's figure: one row of panels per model (train eager / compiled, inference at batch 100 /
+    at the largest batch), time ratio against FLOP ratio; False if nothing to plot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = [r for r in result["rows"] if r["kind"] in ("train", "infer") and not r.get("error")
+             and not r.get("skipped") and r["router"] != "dense" and r.get(f"{r['kind']}_time_ratio")]
+    models = list(dict.fromkeys(r["model"] for r in timed))
+    if not models:
+        return False
+    fig, axes = plt.subplots(len(models), len(GPU_PANELS), figsize=(4.2 * len(GPU_PANELS), 3.9 * len(models)),
+                             squeeze=False)
+    for i, model in enumerate(models):
+        for j, (mode, compiled, policy, title) in enumerate(GPU_PANELS):
+            points = [(r, mode) for r in timed if r["model"] == model and r["kind"] == mode
+                      and bool(r.get("compiled")) == compiled and r.get("batch_policy") == policy]
+            if not points:
+                axes[i][j].set_axis_off()
+                axes[i][j].set_title(f"{model}\n{title}: not measured", fontsize=8)
+                continue
+            batch = points[0][0]["batch_size"]
+            draw_ratio_axes(axes[i][j], points, f"{model}\n{title} (batch {batch})")
+    env = result["meta"]["environment"]
+    fig.suptitle(f"{env.get('gpu_name') or env['cpu_model']}, torch {env['torch']}, autocast "
+                 f"{result['meta']['dtype']}; bars: quartiles over rounds; labels: capacity", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
