@@ -160,8 +160,9 @@ def test_routing_statistics_known_answer():
     assert stats[5]["jaccard_previous"].tolist() == [0.5, 1.0]
 
 
-def synthetic_results(tmp_path, dense, with_checkpoints=True):
-    """A pretrain parent and fine-tuned amod (2 seeds) and mod cells on bundled digits, real checkpoints."""
+def synthetic_results(tmp_path, dense, with_checkpoints=True, dense_finetuned=None):
+    """A pretrain parent and fine-tuned amod (2 seeds) and mod cells on bundled digits, real checkpoints;
+    with `dense_finetuned` (a model), also a fine-tuned dense cell."""
     parent = "pretrain-nano-dense-s0"
     extra = {"img_size": 28, "routed_layers": BLOCKS, "init_from": parent, "dataset_path": "bundled:digits",
              "mean": [0.5] * 3, "std": [0.5] * 3, "router_options": {}}
@@ -175,6 +176,10 @@ def synthetic_results(tmp_path, dense, with_checkpoints=True):
         ckpt = checkpoint(tmp_path, f"{router}-{seed}", model) if with_checkpoints else None
         cells.append(Cell(router, 0.5, seed, DENSE_KNOTS, model=MODEL, cell_id=f"finetune-{router}-s{seed}",
                           checkpoint=ckpt, extra=extra))
+    if dense_finetuned is not None:
+        cells.append(Cell("dense", None, 0, DENSE_KNOTS, model=MODEL, cell_id="finetune-dense-s0",
+                          checkpoint=checkpoint(tmp_path, "dense-0", dense_finetuned),
+                          extra={**extra, "routed_layers": None}))
     return write_suite(tmp_path, "imp", cells)
 
 
@@ -201,7 +206,7 @@ def test_cli_writes_the_analysis_and_the_report_renders_it(tmp_path, dense):
     inputs = json.loads((out / INPUTS).read_text())
     group = inputs["groups"][0]
     assert inputs["definition"] == "skip" and group["n_images"] == 8 and len(group["labels"]) == 8
-    assert group["parent"] == "pretrain-nano-dense-s0" and group["blocks"] == BLOCKS
+    assert group["parent"] == group["reference"] == "pretrain-nano-dense-s0" and group["blocks"] == BLOCKS
     assert sorted(c["cell"] for c in group["cells"]) == ["finetune-amod-s0", "finetune-amod-s1", "finetune-mod-s0"]
 
     section = importance_section([root], tmp_path / "report" / "tables", tmp_path / "report" / "figures")
@@ -227,3 +232,21 @@ def test_missing_checkpoints_are_named(tmp_path, dense):
     with pytest.raises(AnalysisError, match=f"finetune-mod-s0: {gone}/model.safetensors does not exist"):
         analyze_importance(root, n_images=2)
     assert importance_section([root], tmp_path / "t").messages[0].startswith("token importance: no analysis/ files")
+
+
+def test_reference_dense_measures_the_dense_fine_tuned_cell(tmp_path, dense):
+    with pytest.raises(AnalysisError, match="--reference dense: no finished dense cell of finetune"):
+        analyze_importance(synthetic_results(tmp_path / "without", dense), n_images=2, reference="dense")
+    tuned = build_model(MODEL, router="dense").eval()
+    tuned.load_state_dict(dense.state_dict())
+    torch.nn.init.normal_(tuned.head.weight)  # another model than the parent: other losses, other importance
+    root = synthetic_results(tmp_path, dense, dense_finetuned=tuned)
+    analyze_importance(root, n_images=4, reference="dense")
+    corr = pd.read_csv(root / ANALYSIS_DIR / CORRELATIONS)
+    assert set(corr["reference"]) == {"finetune-dense-s0"}
+    assert set(corr["source"]) == {"dense", "fine-tuned"}
+    of_dense = corr.set_index(["router", "source", "block"])["spearman"]
+    analyze_importance(root, n_images=4)  # default: the parent
+    of_parent = pd.read_csv(root / ANALYSIS_DIR / CORRELATIONS).set_index(["router", "source", "block"])["spearman"]
+    mod = [("mod", "fine-tuned", b) for b in BLOCKS]  # the same scores against another model's importance
+    assert not np.allclose(of_dense.loc[mod], of_parent.loc[mod])

@@ -6,6 +6,7 @@ diagnostics; `cli` selects the cells, runs it and writes plain files under
 imports torch). The file names are declared here, torch-free, for both sides.
 """
 DEFINITIONS = ("skip", "remove")  # of token importance: see analysis.importance
+REFERENCES = ("parent", "dense")  # the dense model whose token importance is measured: see analysis.cli
 ANALYSIS_DIR = "analysis"  # under the results folder
 CORRELATIONS = "importance_correlations.csv"
 PRECISION_AT_K = "importance_precision_at_k.csv"

@@ -1,17 +1,21 @@
 """`bench.py analyze importance RESULTS_DIR [--images N]`: token importance and routing diagnostics.
 
 For every group of finished routed cells that start from the same dense parent
-(`init_from`) on the same dataset:
+(`init_from`) on the same dataset, with a dense reference model: `--reference parent`
+(default, the paper's "vanilla model") is that parent; `--reference dense` is the
+lowest-seed finished full-depth dense cell of the group's stage, model and dataset
+that starts from the same parent (the dense model fine-tuned on the routed cells'
+task: use it when the parent was trained on other data and its loss there means little).
 
-1. the parent's checkpoint is rebuilt dense and run on the first N validation images
+1. the reference checkpoint is rebuilt dense and run on the first N validation images
    of the routed cells' dataset (the split and order the cells evaluate on); at every
    block position any routed cell routes, each token's leave-one-out importance is
    measured (`analysis.importance`, definition "skip" or "remove");
-2. the parameter-free routers score the parent's own tokens: A-MoD (`amod`, attention
-   received in the previous block), `cls` (the previous block's CLS row, EViT) and
-   `random` (seeded), each through the project's router code on the parent's weights
-   at C = 1 (every token kept, so the model is the dense parent and the scores are
-   those of its dense forward) - source "parent";
+2. the parameter-free routers score the reference model's own tokens: A-MoD (`amod`,
+   attention received in the previous block), `cls` (the previous block's CLS row,
+   EViT) and `random` (seeded), each through the project's router code on the
+   reference weights at C = 1 (every token kept, so the model is the dense reference
+   and the scores are those of its dense forward) - source "parent" or "dense";
 3. every routed cell's own model (its checkpoint) runs on the same images; its routers'
    scores and kept sets are what it computes in its own forward - source "fine-tuned".
    Several seeds of one variant: each statistic is averaged over seeds per image.
@@ -34,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import ANALYSIS_DIR, CORRELATIONS, DEFINITIONS, DIAGNOSTICS, INPUTS, PRECISION_AT_K
+from . import ANALYSIS_DIR, CORRELATIONS, DEFINITIONS, DIAGNOSTICS, INPUTS, PRECISION_AT_K, REFERENCES
 
 PARENT_ROUTERS = ("amod", "cls", "random")  # parameter-free: they score the parent's own tokens
 LEVEL = 0.95
@@ -54,6 +58,9 @@ def add_arguments(parser) -> None:
     imp.add_argument("--definition", choices=DEFINITIONS, default="skip",
                      help="skip (default): the token alone skips the block, everything else dense, as a router "
                           "decides; remove: the token is deleted from the sequence at that block (paper wording)")
+    imp.add_argument("--reference", choices=REFERENCES, default="parent",
+                     help="the dense model whose token importance is measured: parent (default: the checkpoint "
+                          "the routed cells start from) or dense (the dense cell fine-tuned on their dataset)")
     imp.add_argument("--seed", type=int, default=0, help="seed of the random router's scores (default 0)")
 
 
@@ -65,7 +72,7 @@ def main(args) -> int:
         return 2
     try:
         paths = analyze_importance(Path(args.results), n_images=args.images, definition=args.definition,
-                                   seed=args.seed)
+                                   reference=args.reference, seed=args.seed)
     except (AnalysisError, ResultsNotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -151,8 +158,8 @@ def _routed_cells(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return cells, routed.sort_values(["variant", "seed", "cell"], kind="stable")
 
 
-def analyze_importance(folder: Path, *, n_images: int = 64, definition: str = "skip", seed: int = 0,
-                       log=print) -> dict[str, Path]:
+def analyze_importance(folder: Path, *, n_images: int = 64, definition: str = "skip", reference: str = "parent",
+                       seed: int = 0, log=print) -> dict[str, Path]:
     """Run the analysis on a results folder; returns {file name: path written}."""
     import torch
 
@@ -163,15 +170,11 @@ def analyze_importance(folder: Path, *, n_images: int = 64, definition: str = "s
     started = time.perf_counter()
     cells, routed = _routed_cells(folder)
     frames = {CORRELATIONS: [], PRECISION_AT_K: [], DIAGNOSTICS: []}  # file name -> rows
-    inputs = {"definition": definition, "n_images_requested": n_images, "random_seed": seed, "level": LEVEL,
-              "torch_threads": torch.get_num_threads(), "groups": []}
-    for (parent_id, dataset), group in routed.groupby(["init_from", "dataset"], sort=True):
-        parent = cells[cells["cell"] == parent_id]
-        if parent.empty:
-            raise AnalysisError(f"{folder}: cells {sorted(group['cell'])} start from {parent_id!r}, "
-                                "which is not in this results folder")
-        tables, record = _analyze_group(parent.iloc[0], group, n_images=n_images, definition=definition,
-                                        seed=seed, log=log)
+    inputs = {"definition": definition, "reference": reference, "n_images_requested": n_images,
+              "random_seed": seed, "level": LEVEL, "torch_threads": torch.get_num_threads(), "groups": []}
+    for _, group in routed.groupby(["init_from", "dataset"], sort=True):
+        tables, record = _analyze_group(_reference_cell(cells, group, reference, folder), group, n_images=n_images,
+                                        definition=definition, source=reference, seed=seed, log=log)
         for name, rows in tables.items():
             frames[name] += rows
         inputs["groups"].append(record)
@@ -184,22 +187,46 @@ def analyze_importance(folder: Path, *, n_images: int = 64, definition: str = "s
     return written
 
 
-def _analyze_group(parent: pd.Series, group: pd.DataFrame, *, n_images: int, definition: str, seed: int, log):
-    """Tables (lists of rows) and the inputs record for the routed cells of one parent and dataset."""
+def _reference_cell(cells: pd.DataFrame, group: pd.DataFrame, kind: str, folder: Path) -> pd.Series:
+    """The dense model whose token importance is measured for the routed cells `group` (module docstring)."""
+    from amod_bench.report.routing_maps import checkpoint_file
+
+    row0 = group.iloc[0]
+    if kind == "parent":
+        parent = cells[cells["cell"] == row0["init_from"]]
+        if parent.empty:
+            raise AnalysisError(f"{folder}: cells {sorted(group['cell'])} start from {row0['init_from']!r}, "
+                                "which is not in this results folder")
+        return parent.iloc[0]
+    same = cells["ok"] & (cells["router"] == "dense") & (cells["init_from"] == row0["init_from"])
+    for key in ("stage", "model", "dataset"):
+        same &= cells[key] == row0[key]
+    dense = [row for _, row in cells[same].sort_values(["seed", "cell"], kind="stable").iterrows()
+             if checkpoint_file(row) is not None]
+    if not dense:
+        raise AnalysisError(f"{folder}: --reference dense: no finished dense cell of {row0['stage']} / "
+                            f"{row0['model']} / {row0['dataset']} starting from {row0['init_from']} kept a checkpoint")
+    return dense[0]
+
+
+def _analyze_group(ref: pd.Series, group: pd.DataFrame, *, n_images: int, definition: str, source: str, seed: int,
+                   log):
+    """Tables (lists of rows) and the inputs record for the routed cells of one parent and dataset;
+    `ref` is the reference cell, `source` names it in the rows ("parent" or "dense")."""
     from amod_bench.report.routing_maps import build_from_checkpoint, validation_batch
     from amod_bench.routers.layout import resolve_routed_layers
 
     from . import importance as imp
 
-    weights = _checkpoints(pd.concat([parent.to_frame().T, group]))
-    parent_config = _config(parent)
+    weights = _checkpoints(pd.concat([ref.to_frame().T, group]))
+    ref_config = _config(ref)
     configs = {row["cell"]: _config(row) for _, row in group.iterrows()}
     first = configs[group["cell"].iloc[0]]
-    if parent_config.get("num_classes") != first.get("num_classes"):
-        raise AnalysisError(f"parent {parent['cell']} has {parent_config.get('num_classes')} classes but "
+    if ref_config.get("num_classes") != first.get("num_classes"):
+        raise AnalysisError(f"reference {ref['cell']} has {ref_config.get('num_classes')} classes but "
                             f"{group['dataset'].iloc[0]} has {first.get('num_classes')}: its loss on these images "
                             "is undefined")
-    reference = build_from_checkpoint({**parent_config, "router": "dense"}, weights[parent["cell"]]).eval()
+    reference = build_from_checkpoint({**ref_config, "router": "dense"}, weights[ref["cell"]]).eval()
     images, labels, _mean, _std = validation_batch(first, reference, n_images)
     if len(images) < n_images:
         log(f"importance: the validation split holds {len(images)} images, fewer than --images {n_images}")
@@ -209,19 +236,19 @@ def _analyze_group(parent: pd.Series, group: pd.DataFrame, *, n_images: int, def
     importance = {b: imp.leave_one_out_importance(reference, dense.block_inputs[b], labels, b, definition)
                   for b in blocks}
     num_tokens = dense.block_inputs[blocks[0]].shape[1]
-    where = {"parent": parent["cell"], "dataset": group["dataset"].iloc[0], "definition": definition}
+    where = {"reference": ref["cell"], "dataset": group["dataset"].iloc[0], "definition": definition}
     tables = {CORRELATIONS: [], PRECISION_AT_K: [], DIAGNOSTICS: []}
 
-    # parameter-free routers on the parent's weights at C = 1: the dense forward, and the scores its routers compute
+    # parameter-free routers on the reference weights at C = 1: the dense forward, and the scores its routers compute
     scored = [b for b in blocks if b > 0 and b - 1 not in blocks]  # attention routers read block b-1 over all N
     capacities = sorted({(float(c["capacity"]), c.get("cls_policy") == "keep") for c in configs.values()})
     for router in PARENT_ROUTERS:
-        model = build_from_checkpoint({**parent_config, "router": router, "capacity": 1.0, "cls_policy": "compete",
+        model = build_from_checkpoint({**ref_config, "router": router, "capacity": 1.0, "cls_policy": "compete",
                                        "routed_layers": blocks if router == "random" else scored,
                                        "router_options": {"seed": seed} if router == "random" else {}},
-                                      weights[parent["cell"]]).eval()
-        _add_rows(tables, [imp.trace(model, images)], importance, {**where, "router": router, "source": "parent"},
-                  [int(parent["seed"])], capacities, num_tokens)
+                                      weights[ref["cell"]]).eval()
+        _add_rows(tables, [imp.trace(model, images)], importance, {**where, "router": router, "source": source},
+                  [int(ref["seed"])], capacities, num_tokens)
 
     for _variant, cells in group.groupby("variant", sort=False):
         row0 = cells.iloc[0]
@@ -231,7 +258,8 @@ def _analyze_group(parent: pd.Series, group: pd.DataFrame, *, n_images: int, def
         _add_rows(tables, traces, importance, {**where, "router": label, "source": "fine-tuned"},
                   [int(s) for s in cells["seed"]], [capacity], num_tokens)
 
-    record = {**where, "parent_checkpoint": str(weights[parent["cell"]]), "blocks": blocks,
+    record = {**where, "parent": group["init_from"].iloc[0], "reference_checkpoint": str(weights[ref["cell"]]),
+              "blocks": blocks,
               "attention_scored_blocks": scored, "n_images": len(images), "tokens": num_tokens,
               "images": f"the first {len(images)} images of the 'val' split of "
                         f"{first.get('dataset_path') or first['dataset']} in loader order (unshuffled, as the "
@@ -244,10 +272,10 @@ def _analyze_group(parent: pd.Series, group: pd.DataFrame, *, n_images: int, def
 
 def _add_rows(tables: dict, traces: list, importance: dict, base: dict, seeds: list[int], capacities,
               num_tokens: int) -> None:
-    """Rows of every table for one router: `traces` holds one Trace per seed (the parent: one).
+    """Rows of every table for one router: `traces` holds one Trace per seed (the reference model: one).
 
     Correlations once per block; precision@k per (capacity, keep CLS) in `capacities`; the routing
-    diagnostics only for fine-tuned cells, whose kept sets are their own routing (the parent at C = 1
+    diagnostics only for fine-tuned cells, whose kept sets are their own routing (the reference at C = 1
     keeps every token).
     """
     from amod_bench.routers.layout import kept_tokens

@@ -11,7 +11,7 @@ model (no torch here):
     section.messages # why something is absent (no analysis files)
 
 Several results folders: their analysis rows are stacked, with a `suite` column; one figure per
-(suite, parent, dataset).
+(suite, reference model, dataset).
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def _ci(mean: float, low: float, high: float) -> str:
 
 
 def _series(frame: pd.DataFrame) -> pd.Series:
-    """Row label: "amod (parent)", "mod (fine-tuned)"."""
+    """Row label: "amod (parent)", "mod (fine-tuned)": the router and whose forward its scores come from."""
     return frame["router"] + " (" + frame["source"] + ")"
 
 
@@ -77,7 +77,7 @@ def _by_block(frame: pd.DataFrame, value: str, keys: list[str]) -> pd.DataFrame:
 
 
 def _where_keys(frame: pd.DataFrame) -> list[str]:
-    return [k for k in ("suite", "parent", "dataset") if k in frame and frame[k].nunique() > 1]
+    return [k for k in ("suite", "reference", "dataset") if k in frame and frame[k].nunique() > 1]
 
 
 def correlation_markdown(corr: pd.DataFrame) -> pd.DataFrame:
@@ -103,7 +103,7 @@ def diagnostics_markdown(diag: pd.DataFrame) -> pd.DataFrame:
 
 def importance_figure(corr: pd.DataFrame, prec: pd.DataFrame, level: float = 0.95):
     """Rows: Spearman correlation, precision@k; columns: capacity; x = routed block; one line per router
-    and source (solid = fine-tuned cell, dashed = the parent's own tokens), error bars = CI over images."""
+    and source (solid = fine-tuned cell, dashed = the reference model's own tokens), error bars = CI over images."""
     from .figures import plt, router_color
 
     capacities = sorted(prec["capacity"].unique())
@@ -122,9 +122,10 @@ def importance_figure(corr: pd.DataFrame, prec: pd.DataFrame, level: float = 0.9
                     continue
                 x = line["block"].map(blocks.index) + 0.06 * (i - (len(series) - 1) / 2)  # dodge the error bars
                 err = np.vstack([line[value] - line[f"{value}_ci_low"], line[f"{value}_ci_high"] - line[value]])
+                own = source == "fine-tuned"
                 ax.errorbar(x, line[value], yerr=np.nan_to_num(err), color=router_color(router.split(" ")[0]),
-                            linestyle="--" if source == "parent" else "-", marker="o" if source == "parent" else "s",
-                            markersize=4, capsize=2, label=f"{router} ({source})")
+                            linestyle="-" if own else "--", marker="s" if own else "o", markersize=4, capsize=2,
+                            label=f"{router} ({source})")
             if value == "spearman":
                 ax.axhline(0.0, color="grey", linewidth=0.8)
                 ax.set_title(f"C = {capacity:g}", fontsize=9)
@@ -152,9 +153,11 @@ def importance_section(folders, tables_dir: Path, figures_dir: Path | None = Non
     definition = "/".join(sorted(set(corr.get("definition", pd.Series(dtype=str))))) or "skip"
     what = "alone skips" if definition == "skip" else "is removed at"
     importance = (f"importance of a token at a routed block = loss when it {what} that block minus the dense loss, "
-                  f"for the dense parent (definition '{definition}', analysis/analysis_inputs.json)")
-    sources = ("router (parent) = the parameter-free router's scores on the parent's own tokens; "
-               "router (fine-tuned) = the fine-tuned cell's own scores, averaged over seeds per image")
+                  f"for the dense reference model (definition '{definition}', analysis/analysis_inputs.json)")
+    sources = ("router (parent) / (dense) = a parameter-free router's scores on the reference model's own tokens, "
+               "the reference being the dense parent the routed cells start from (default) or the dense cell "
+               "fine-tuned on their dataset (--reference dense); router (fine-tuned) = the fine-tuned cell's own "
+               "scores, averaged over seeds per image")
     specs = [
         (corr, "importance_correlations", correlation_markdown, "Token importance vs router scores",
          "closer to 1 = the router ranks tokens as their importance does; 0 = unrelated; compare routers within "
@@ -184,18 +187,18 @@ def importance_section(folders, tables_dir: Path, figures_dir: Path | None = Non
     from .output import save_figure
     from .routing_maps import slug
 
-    groups = prec.groupby(["suite", "parent", "dataset"], sort=True)
-    for (suite, parent, dataset), group in groups:
-        name = "importance" if groups.ngroups == 1 else "importance_" + slug(f"{suite}_{dataset}_{parent}")
-        fig = importance_figure(corr[(corr["suite"] == suite) & (corr["parent"] == parent)
+    groups = prec.groupby(["suite", "reference", "dataset"], sort=True)
+    for (suite, reference, dataset), group in groups:
+        name = "importance" if groups.ngroups == 1 else "importance_" + slug(f"{suite}_{dataset}_{reference}")
+        fig = importance_figure(corr[(corr["suite"] == suite) & (corr["reference"] == reference)
                                      & (corr["dataset"] == dataset)], group)
         paths = save_figure(fig, figures_dir, name)
         close(fig)
-        where = "" if groups.ngroups == 1 else f" ({suite}: {dataset}, parent {parent})"
+        where = "" if groups.ngroups == 1 else f" ({suite}: {dataset}, reference {reference})"
         section.figures.append(Piece(
             f"Token importance vs router scores{where}",
             "higher is better in both rows; a router whose points sit on the grey line does no better than chance",
             f"top: Spearman ρ of router scores with the {importance}; bottom: precision@k (dotted = chance k/N); "
-            "columns = capacity; dashed = router on the parent's tokens, solid = fine-tuned cell; error bars = "
-            "95% t CI over images", name, paths=paths))
+            "columns = capacity; dashed = router on the reference model's tokens, solid = fine-tuned cell; "
+            "error bars = 95% t CI over images", name, paths=paths))
     return section
