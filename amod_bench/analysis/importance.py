@@ -55,7 +55,6 @@ class Trace:
     block_inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> (B, N, D) tokens entering it
     scores: dict[int, torch.Tensor] = field(default_factory=dict)  # routed block -> (B, N) router scores
     kept: dict[int, torch.Tensor] = field(default_factory=dict)  # routed block -> (B, k) kept token indices
-    logits: torch.Tensor | None = None  # (B, classes)
 
 
 @torch.no_grad()
@@ -72,7 +71,7 @@ def trace(model, images: torch.Tensor, inputs_of=()) -> Trace:
             handles.append(block.router.register_forward_hook(
                 lambda _m, _args, scores, b=b: out.scores.__setitem__(b, scores.detach())))
     try:
-        out.logits, out.kept = model(images, return_routing=True)
+        _logits, out.kept = model(images, return_routing=True)
     finally:
         for handle in handles:
             handle.remove()
