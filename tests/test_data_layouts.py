@@ -222,8 +222,8 @@ def test_suite_validation_shows_the_spec_error_under_the_suite_line(tmp_path):
 
     (tmp_path / "bad.yaml").write_text("num_classes: 10\nsplits:\n  train: {shards: x.tar, num_samples: 0}\n")
     suite = tmp_path / "suite.yaml"
-    suite.write_text(f"name: s\noutput: out\ndefaults:\n  grid: {{model: vit_nano_patch7_28, dataset: {tmp_path}/bad.yaml}}\n"
-                     "stages:\n  - name: main\n    grid: {router: dense}\n")
+    suite.write_text(f"name: s\noutput: out\ndefaults:\n  grid: {{model: vit_nano_patch7_28, "
+                     f"dataset: {tmp_path}/bad.yaml}}\nstages:\n  - name: main\n    grid: {{router: dense}}\n")
     with pytest.raises(SuiteError) as error:
         load_suite(suite)
     assert f"{tmp_path / 'bad.yaml'}:3: splits.train.num_samples: expected a positive integer" in str(error.value)

@@ -79,7 +79,8 @@ def main(args: argparse.Namespace) -> int:
                                                  progress=progress)
                 print(f"wrote {written}: {manifest['num_classes']} classes, " + ", ".join(
                     f"{s} {e['num_samples']} samples" for s, e in manifest["splits"].items()))
-                print(f"a suite names it as  dataset: {os.path.dirname(written) if written.endswith(os.sep + 'manifest.json') else written}")
+                named = os.path.dirname(written) if os.path.basename(written) == "manifest.json" else written
+                print(f"a suite names it as  dataset: {named}")
                 return 0
             return 1 if verify_shards(args.path, workers=args.workers, progress=progress) else 0
         if not args.out:

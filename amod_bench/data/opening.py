@@ -14,7 +14,8 @@ import shlex
 
 from amod_bench.data.errors import DatasetError
 from amod_bench.data.layouts import folder_manifest, is_spec_file, spec_manifest, unrecognised_folder_message
-from amod_bench.data.manifest import MANIFEST, Dataset, check_manifest, expand_braces, is_remote, join_url, read_manifest
+from amod_bench.data.manifest import (MANIFEST, Dataset, check_manifest, expand_braces, is_remote, join_url,
+                                      read_manifest)
 
 BUNDLED_PREFIX = "bundled:"
 
