@@ -146,3 +146,18 @@ def test_cpu_peak_bytes_counts_tensor_storage_exactly():
 
     peak = measure.cpu_peak_bytes(step)
     assert peak == 4 * 2 ** 20
+
+
+@pytest.mark.parametrize("with_optimizer", [False, True])
+def test_a_training_step_updates_the_weights_only_with_an_optimizer(with_optimizer):
+    from amod_bench.perf.variants import Variant, build, inputs
+
+    device = torch.device("cpu")
+    model = build("vit_nano_patch7_28", Variant("mod", 0.5), 28, device, seed=0).train()
+    x, y = inputs(28, 4, 10, device, seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = measure.make_optimizer(model, device) if with_optimizer else None
+    measure.make_step(model, "train", x, y, device, torch.float32, optimizer)()
+    changed = [not torch.equal(a, b) for a, b in zip(before, model.parameters())]
+    assert any(changed) == with_optimizer
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.dim() > 1)

@@ -296,4 +296,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # interpreter teardown would walk every object torch and matplotlib made (seconds, under run.sh's timeout)
+    import gc
+    gc.freeze()
+    sys.exit(status)
