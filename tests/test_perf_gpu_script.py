@@ -201,3 +201,17 @@ def test_bad_options_are_refused_before_anything_runs(tmp_path, argv, message):
 def test_run_sh_needs_an_output_folder():
     proc = subprocess.run(["bash", RUN_SH], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "usage: bash benchmarks/gpu/run.sh OUT_DIR" in proc.stderr
+
+
+def test_the_full_plan_refuses_a_machine_without_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the full plan would run")
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        gpu_run.main([str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "gpu_perf.json").exists()
+
+
+def test_non_finite_numbers_become_null_at_any_depth():
+    from amod_bench.perf.output import finite_json
+    assert finite_json({"rows": [{"a": float("nan"), "b": [1.5, float("inf")], "c": "x"}], "d": -float("inf")}) == {
+        "rows": [{"a": None, "b": [1.5, None], "c": "x"}], "d": None}

@@ -109,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
     from amod_bench.results import write_json_atomic
 
     from .benchmark import run_benchmark
-    from .output import format_tables, write_figure
+    from .output import finite_json, format_tables, write_figure
 
     args = resolve(args)
     log = lambda text: print(text, flush=True)  # noqa: E731
@@ -119,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
     device = result["meta"]["environment"]["device"].split(":")[0]
     name = args.name or f"perf_{args.model}_{device}"
     json_path = os.path.join(args.out, f"{name}.json")
-    write_json_atomic(json_path, result)
+    write_json_atomic(json_path, finite_json(result))
     print(f"\nwrote {json_path}")
     if not args.no_figure:
         png = os.path.join(args.out, f"{name}.png")

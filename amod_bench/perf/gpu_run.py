@@ -151,6 +151,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
     if plan.threads:
         torch.set_num_threads(plan.threads)
     device = resolve_device(args.device)
+    if device.type != "cuda" and not args.smoke and args.device == "auto":
+        raise SystemExit("gpu_run: no CUDA device; the full plan is sized for a GPU "
+                         "(--smoke for the CPU, or --device cpu to insist)")
     start = time.monotonic()
     deadline = start + plan.deadline_s
     ctx = S.Context(device=device, dtype_name="bfloat16", seed=args.seed, log=log)  # bf16 autocast on any device
@@ -246,18 +249,21 @@ def run(args: argparse.Namespace, log=print) -> dict:
 
 def write_result(out: str, result: dict) -> None:
     from amod_bench.results import write_json_atomic
-    write_json_atomic(os.path.join(out, f"{RESULT_NAME}.json"), result)
+
+    from .output import finite_json
+    write_json_atomic(os.path.join(out, f"{RESULT_NAME}.json"), finite_json(result))
 
 
 def finish(out: str, result: dict, log=print) -> None:
     """Write OUT/summary.json, OUT/summary.md and, when matplotlib imports, OUT/gpu_perf.png."""
     from amod_bench.results import write_json_atomic, write_text_atomic
 
+    from .output import finite_json
     from .summary import goals, markdown
 
     summary = goals(result["rows"], result["meta"]["plan"]["goal_models"])
-    write_json_atomic(os.path.join(out, "summary.json"), {"meta": result["meta"], "sections": result["sections"],
-                                                          "goals": summary})
+    write_json_atomic(os.path.join(out, "summary.json"), finite_json({"meta": result["meta"],
+                                                                      "sections": result["sections"], "goals": summary}))
     write_text_atomic(os.path.join(out, "summary.md"), markdown(summary, result["meta"], result["sections"]))
     for goal in ("train_vs_flop", "amod_over_mod", "infer_amod_vs_isoflop"):
         log(f"goal {goal}: {summary[goal]['status']}")

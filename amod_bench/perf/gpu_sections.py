@@ -17,7 +17,7 @@ failed (out of memory, a compile error) is a row with `error` set.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from . import numerics
@@ -47,17 +47,26 @@ class Budget:
 
 @dataclass
 class Context:
-    """What every section needs: the device, the autocast dtype, the seed and a logger."""
+    """What every section needs: the device, the autocast dtype, the seed, a logger and the built models."""
 
     device: object  # torch.device
     dtype_name: str
     seed: int
     log: Callable[[str], None]
+    models: dict = field(default_factory=dict)  # (model name, Variant) -> eager model at its own img_size
 
     @property
     def dtype(self):
         import torch
         return getattr(torch, self.dtype_name)
+
+    def model(self, model_name: str, v: Variant):
+        """The eager model of `v`, built once and shared by the eager sections: a ViT-B takes seconds
+        to initialise on the host, 17 of them per section would eat the sections' budgets."""
+        key = (model_name, v)
+        if key not in self.models:
+            self.models[key] = build(model_name, v, _img_size(model_name), self.device, self.seed)
+        return self.models[key]
 
 
 def _num_classes(model_name: str) -> int:
@@ -95,7 +104,7 @@ def numerics_rows(ctx: Context, model_name: str, vs: list[Variant], batch: int, 
         if row["skipped"]:
             continue
         try:
-            row.update(numerics.bf16_vs_fp32(build(model_name, v, size, ctx.device, ctx.seed).eval(), x, ctx.device))
+            row.update(numerics.bf16_vs_fp32(ctx.model(model_name, v).eval(), x, ctx.device))
         except Exception as exn:
             row["error"] = error_text(exn)
         free(ctx.device)
@@ -109,8 +118,8 @@ def numerics_rows(ctx: Context, model_name: str, vs: list[Variant], batch: int, 
             if row["skipped"]:
                 continue
             try:
-                chunked = build(model_name, v, size, ctx.device, ctx.seed).eval()
-                explicit = build(model_name, Variant("amod", capacity, "explicit"), size, ctx.device, ctx.seed).eval()
+                chunked = ctx.model(model_name, v).eval()  # numerics runs first: the seeded, untrained weights
+                explicit = ctx.model(model_name, Variant("amod", capacity, "explicit")).eval()
                 row.update(numerics.chunked_vs_explicit(chunked, explicit, x, ctx.device, getattr(torch, dtype_name)))
             except Exception as exn:
                 row["error"] = error_text(exn)
@@ -171,8 +180,9 @@ def train_rows(ctx: Context, model_name: str, vs: list[Variant], *, batch: int, 
         row["skipped"] = budget.refuse(timing_reserve)
         if row["skipped"]:
             continue
-        try:
-            model = build(model_name, v, size, ctx.device, ctx.seed).train()
+        try:  # compiling changes the module: a fresh one, not the shared eager one
+            model = (build(model_name, v, size, ctx.device, ctx.seed) if compile_backend
+                     else ctx.model(model_name, v)).train()
             row["param_count"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 3)
             row["depth"] = len(model.blocks)
             step = make_step(model, "train", x, y, ctx.device, ctx.dtype, make_optimizer(model, ctx.device))
@@ -201,6 +211,9 @@ def train_rows(ctx: Context, model_name: str, vs: list[Variant], *, batch: int, 
             except Exception as exn:
                 errors[v] = error_text(exn)
     steps.clear()
+    for v in rows:  # the shared eager models keep no gradients between sections
+        if (model_name, v) in ctx.models:
+            ctx.models[model_name, v].zero_grad(set_to_none=True)
     free(ctx.device)
     _fill_timings(rows, times, errors, "train", batch)
     return list(rows.values())
@@ -252,8 +265,7 @@ def infer_rows(ctx: Context, model_name: str, vs: list[Variant], *, batch: int, 
         if reason:
             continue
         try:
-            model = build(model_name, v, size, ctx.device, ctx.seed).eval()
-            steps[v] = make_step(model, "infer", x, y, ctx.device, ctx.dtype)
+            steps[v] = make_step(ctx.model(model_name, v).eval(), "infer", x, y, ctx.device, ctx.dtype)
         except Exception as exn:
             errors[v] = error_text(exn)
             free(ctx.device)
@@ -267,7 +279,7 @@ def infer_rows(ctx: Context, model_name: str, vs: list[Variant], *, batch: int, 
 def max_infer_batch(ctx: Context, model_name: str, start: int, cap: int) -> tuple[int, str]:
     """`largest_batch` of the dense model's inference (the largest activations of all variants)."""
     size = _img_size(model_name)
-    model = build(model_name, DENSE, size, ctx.device, ctx.seed).eval()
+    model = ctx.model(model_name, DENSE).eval()
 
     def try_batch(batch: int) -> None:
         x, y = inputs(size, batch, _num_classes(model_name), ctx.device, ctx.seed)
@@ -279,5 +291,4 @@ def max_infer_batch(ctx: Context, model_name: str, start: int, cap: int) -> tupl
     try:
         return largest_batch(try_batch, start, cap)
     finally:
-        del model
         free(ctx.device)

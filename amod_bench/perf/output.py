@@ -5,9 +5,22 @@ matplotlib, imported only when one is drawn.
 """
 from __future__ import annotations
 
+import math
 import os
 
 from .variants import ROUTERS, SCORED
+
+
+def finite_json(value):
+    """`value` with every non-finite float, at any depth, as None: JSON has no NaN/inf, and
+    results.write_json_atomic refuses them below the top level (e.g. an overflowed bf16 error)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def fmt(value, spec: str = ".3f") -> str:
