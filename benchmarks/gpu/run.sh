@@ -15,7 +15,18 @@ command_line="bash benchmarks/gpu/run.sh $*"
 out="$1"
 shift
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
-py="${PYTHON:-$(command -v python3 || command -v python)}"
+py=""
+for candidate in ${PYTHON:-} python3 python; do  # the first interpreter that has torch and timm
+    if command -v "$candidate" >/dev/null && "$candidate" -c 'import importlib.util as u, sys
+sys.exit(not (u.find_spec("torch") and u.find_spec("timm")))' 2>/dev/null; then
+        py="$(command -v "$candidate")"
+        break
+    fi
+done
+if [ -z "$py" ]; then
+    echo "run.sh: no python with torch and timm on PATH (set PYTHON=...)" >&2
+    exit 3
+fi
 mkdir -p "$out" && out="$(cd "$out" && pwd)"
 smoke=0
 for arg in "$@"; do [ "$arg" = "--smoke" ] && smoke=1; done
@@ -41,11 +52,11 @@ fi
 cd "$repo"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 timeout --kill-after=10 "$limit_s" "$py" -m amod_bench.perf.gpu_run "$out" --command "$command_line" \
-    "${extra_site[@]}" "$@" 2>&1 | tee "$out/log.txt"
+    ${extra_site[@]+"${extra_site[@]}"} "$@" 2>&1 | tee "$out/log.txt"
 status=${PIPESTATUS[0]}
 if [ "$status" -ne 0 ] && [ -f "$out/gpu_perf.json" ]; then
     # cut short (timeout) or failed: the JSON holds every finished section; summarise those
     echo "run.sh: gpu_run exited with $status; writing the summary of what was measured" | tee -a "$out/log.txt"
-    "$py" -m amod_bench.perf.gpu_run "$out" --plot-only "${extra_site[@]}" 2>&1 | tee -a "$out/log.txt"
+    "$py" -m amod_bench.perf.gpu_run "$out" --plot-only ${extra_site[@]+"${extra_site[@]}"} 2>&1 | tee -a "$out/log.txt"
 fi
 exit "$status"
