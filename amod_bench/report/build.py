@@ -26,6 +26,7 @@ import pandas as pd
 
 from . import accuracy, convergence, markdown, verdict, zero_shot
 from .groups import add_variant_columns, sort_frame
+from .importance import importance_section
 from .load import Results, load_results
 from .output import atomic_write_text, write_csv, write_markdown
 
@@ -274,6 +275,16 @@ def build_report(folders, out: Path | str | None = None, options: ReportOptions 
                  options, dict(peak_rule=peak_rule, crossing=crossing, boot=boot, profile_def=profile_def), log)
     else:
         index.add("figures", "Figures not drawn (--no-figures).", "")
+
+    # ---- token importance and routing diagnostics: the files `bench.py analyze importance` left, if any
+    section = importance_section(results.sources, tables_dir, out / "figures" if options.figures else None)
+    for piece in section.tables:
+        report.tables[piece.name] = tables_dir / f"{piece.name}.csv"
+        index.table("tables", piece.title, piece.how, piece.definition, piece.name, piece.markdown)
+    for piece in section.figures:
+        report.figures[piece.name] = piece.paths
+        index.figure("figures", piece.title, f"How to read: {piece.how}. {piece.definition}", piece.name)
+    report.messages += section.messages
     if report.messages:
         index.add("skipped", *[f"- {m}" for m in report.messages], "")
     atomic_write_text(out / "index.md", index.text())

@@ -91,7 +91,7 @@ def validation_batch(config: dict, model, n_images: int):
         cfg = timm.data.resolve_model_data_config(model)
     mean, std = config.get("mean") or cfg["mean"], config.get("std") or cfg["std"]  # the cell's own, if recorded
     img_size = config.get("img_size") or cfg["input_size"][-1]
-    ds = open_dataset(config.get("dataset_path") or config["dataset"])
+    ds = open_dataset(config.get("dataset_path") or config["dataset"], num_classes=config.get("num_classes"))
     loader = eval_loader(ds, "val", batch_size=n_images, img_size=img_size, mean=mean, std=std, rank=0,
                          world_size=1, num_workers=0)
     images, labels, count = [], [], 0
