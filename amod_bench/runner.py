@@ -93,9 +93,25 @@ def main(args) -> int:
     if not (args.dry_run or args.no_report):
         from amod_bench.report.build import ReportOptions, build_report
 
-        report = build_report([load_suite(args.suite, overrides=args.set).output], None, ReportOptions())
+        suite = load_suite(args.suite, overrides=args.set)
+        _run_analyses(suite)
+        report = build_report([suite.output], None, ReportOptions())
         print(f"report: {report.out}/index.md")
     return 0 if all(s in ("done", "skipped") for s in statuses.values()) or args.dry_run else 1
+
+
+def _run_analyses(suite) -> None:
+    """The suite's `analyses`, on the checkpoints its cells left; a failed analysis is reported, the report still written."""
+    if not suite.analyses:
+        return
+    from amod_bench.analysis.cli import AnalysisError, analyze_importance
+
+    for name in suite.analyses:  # validated: "importance" is the only one
+        print(f"analysis: {name} (bench.py analyze {name} {suite.output})")
+        try:
+            analyze_importance(Path(suite.output))
+        except AnalysisError as error:
+            print(f"analysis {name} not written: {error}", file=sys.stderr)
 
 
 class RunError(Exception):

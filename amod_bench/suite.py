@@ -19,7 +19,8 @@ Full example (every field shown; most have defaults and can be left out)::
     max_concurrent: 4                   # cells at once over the whole suite (one Tune run); capped to how many of the smallest cell the cluster holds (a bigger cell waits for its workers)
     targets:                            # the report's two convergence rules
       within_peak_pct: 2.0              # epochs to get within this many points (%) of the run's own peak
-      top1: null                        # common target top-1 (%); null = the dense baseline's median best
+      top1: null                        # common target top-1 (%); null = the report's --common-target rule
+    analyses: [importance]              # after the cells, `bench.py analyze NAME` on their checkpoints (default none)
 
     defaults:                           # shared by every stage; a stage's own mappings merge over it key by key
       grid:
@@ -327,6 +328,7 @@ class Suite:
     storage: str | None = None  # Ray storage path or URI; default <output>/ray; absolute after load_suite
     max_concurrent: int = field(default=1, metadata=_AT_LEAST_1)  # cells at once, whole suite; capped as in the module docstring
     targets: Targets = field(default_factory=Targets)  # convergence targets for the report
+    analyses: tuple[Literal["importance"], ...] = ()  # run after the cells, before the report (bench.py analyze)
     source: str = ""  # the suite file, for messages and the results copy
     base_dir: str = ""  # the working directory at load time: relative paths resolve here
     where: dict = field(default_factory=dict, repr=False, compare=False)  # dotted key -> (path, file, line)

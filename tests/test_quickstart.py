@@ -2,6 +2,7 @@
 committed quickstart results, whose report must regenerate from files alone."""
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -20,28 +21,34 @@ FIGURES = ("convergence_epoch", "convergence_gmacs", "convergence_seconds", "iso
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_shrunken_quickstart_runs_through_ray_and_reports(ray_cluster, tmp_path):
-    from amod_bench.runner import run_suite
+    """`bench.py run` as the README runs it, in-process: cells, the suite's analyses, the report."""
+    from amod_bench.cli import main
 
     overrides = [f"output={tmp_path / 'quickstart'}",
                  "stages.pretrain.recipe.epochs=1",
                  "stages.pretrain.recipe.eval_every=1",
                  "stages.finetune.grid.router=[dense, isoflop, mod, amod]",
                  "stages.finetune.grid.capacity=[0.5]",
-                 "stages.finetune.grid.seed=[0]",
+                 "stages.finetune.grid.seed=[0, 1]",
                  "stages.finetune.recipe.epochs=1"]
-    statuses = run_suite(QUICKSTART, overrides=overrides)
-    assert set(statuses.values()) == {"done"}
-    assert len(statuses) == 5  # pretrain + dense + isoflop, mod, amod at C = 0.5
+    assert main(["run", str(QUICKSTART), *[a for o in overrides for a in ("--set", o)]]) == 0
+    out = tmp_path / "quickstart"
+    statuses = [json.loads(p.read_text())["status"] for p in out.glob("cells/*/summary.json")]
+    assert statuses == ["done"] * 9  # pretrain + dense, isoflop, mod, amod at C = 0.5, 2 seeds
 
-    report = build_report([tmp_path / "quickstart"], None, ReportOptions(n_boot=200))
-    figures = report.out / "figures"
+    # the suite's `analyses: [importance]` ran on the kept checkpoints before the report
+    correlations = pd.read_csv(out / "analysis" / "importance_correlations.csv")
+    assert {"amod", "mod"} <= set(correlations["router"])
+    figures = out / "report" / "figures"
     for name in FIGURES:
         assert (figures / f"{name}.png").stat().st_size > 0, name
     assert list(figures.glob("routing_maps_*.png")), "no routing map drawn from the kept checkpoints"
-    accuracy = pd.read_csv(report.out / "tables" / "accuracy_best.csv")
-    assert len(accuracy) > 0
-    index = (report.out / "index.md").read_text()
+    assert len(pd.read_csv(out / "report" / "tables" / "accuracy_best.csv")) > 0
+    index = (out / "report" / "index.md").read_text()
     assert all(f"figures/{name}.png" in index for name in FIGURES)
+    assert index.index("Verdict") < index.index("Zero-shot") < index.index("Token importance")
+    verdict = pd.read_csv(out / "report" / "tables" / "verdict.csv")
+    assert "paired" in " ".join(verdict["method"].astype(str))  # seeds 0 and 1 pair up across arms
 
 
 def test_committed_quickstart_report_regenerates_from_files(tmp_path):

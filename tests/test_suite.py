@@ -165,6 +165,8 @@ MALFORMED = [
     ("unknown grid axis", BASE_HEAD + "stages:\n  - name: a\n    grid:\n      router: dense\n      seeds: [0, 1]  #<\n",
      "stages[0].grid.seeds", "did you mean 'seed'?"),
     ("missing stages", "name: tiny  #<\n", "stages", "required field is missing"),
+    ("unknown analysis", BASE_HEAD + "analyses: [importance, importanse]  #<\nstages:\n  - name: a\n"
+     "    grid: {router: dense}\n", "analyses[1]", "did you mean 'importance'?"),
 ]
 
 
