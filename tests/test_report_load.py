@@ -49,6 +49,17 @@ def test_unfinished_failed_diverged_and_missing_cells_are_kept_and_flagged(tmp_p
     assert len(div) == 10 and div["val_top1"].isna().sum() == 5
 
 
+def test_cells_left_by_an_earlier_version_of_the_suite_are_flagged_stale(tmp_path):
+    """A suite edited and rerun gets new cell ids; the old cells stay on disk but out of every statistic."""
+    root = write_suite(tmp_path, "toy", [Cell("dense", None, s, DENSE_KNOTS) for s in range(2)])
+    write_suite(tmp_path / "old", "toy", [Cell("dense", None, 0, DENSE_KNOTS, cell_id="dense-s0-oldhash")])
+    (tmp_path / "old" / "toy" / "cells" / "dense-s0-oldhash").rename(root / "cells" / "dense-s0-oldhash")
+    cells = load_results(root).cells.set_index("cell")
+    assert cells["ok"].sum() == 2
+    assert cells.loc["dense-s0-oldhash", "flag"] == "stale"
+    assert "not in index.json" in cells.loc["dense-s0-oldhash", "reason"]
+
+
 def test_truncated_metrics_line_warns_with_file_and_line(tmp_path):
     cell = Cell("dense", None, 0, DENSE_KNOTS, metrics_tail='{"step": 1100, "epoch": 11.0, "val_to')
     root = write_suite(tmp_path, "trunc", [cell])

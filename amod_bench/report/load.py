@@ -257,6 +257,10 @@ def load_suite(folder: Path | str, log: list[str] | None = None, taken: set[str]
     on_disk = sorted(p for p in cells_dir.iterdir() if p.is_dir()) if cells_dir.is_dir() else []
     for cell_dir in on_disk:
         row, evals = _load_cell(cell_dir, suite, entries.get(cell_dir.name, {}), log)
+        if row["ok"] and entries and cell_dir.name not in entries:  # the runner lists every cell of the suite
+            row["ok"], row["flag"] = False, "stale"
+            row["reason"] = ("not in index.json: a cell of an earlier version of the suite (its config changed); "
+                             f"delete cells/{cell_dir.name}/ or run that version again")
         cell_rows.append(row)
         eval_rows.extend(evals)
     for cell_id in sorted(set(entries) - {p.name for p in on_disk}):
