@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per cell instead of a table")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a suite field, e.g. --set defaults.recipe.epochs=2 (repeatable)")
+    parser.add_argument("--allow-large-grid", dest="overrides", action="append_const", const="max_cells=null",
+                        help="plan a grid of more than the suite's max_cells (default 10,000) cells")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -14,6 +14,11 @@ Every write goes to a temporary file in the same folder, then `os.replace`s the
 target, so a crash or a concurrent reader never sees half a file. Only the
 driver process writes here (the Ray workers report to it), so no two writers
 ever share a file.
+
+Reading never raises on a damaged file (edited by hand, a disk fault, a folder in
+its place): the readers leave out what they cannot read, `CellFiles.problems()`
+names each such file, and a summary.json that cannot be read gives the status
+`unreadable`, which is not `done`: the runner runs that cell again.
 """
 from __future__ import annotations
 
@@ -27,6 +32,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 FINAL_STATUSES = ("done", "failed", "diverged")
+SUMMARY_STATUSES = (*FINAL_STATUSES, "running")
+
+
+class ResultFileError(ValueError):
+    """A result file that cannot be read; the message names its path."""
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
@@ -76,8 +86,16 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """The JSON in `path`; ResultFileError naming it when it is missing, not UTF-8 or not JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as exc:
+        raise ResultFileError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ResultFileError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ResultFileError(f"{path}: not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
 
 
 @dataclass(frozen=True)
@@ -105,22 +123,72 @@ class CellFiles:
         write_text_atomic(self.metrics, "".join(dumps(row, sort_keys=True) + "\n" for row in rows))
 
     def read_metrics(self) -> list[dict]:
+        """The evaluation rows; a line that is not one is left out (`problems()` names it)."""
+        return self._metrics()[0]
+
+    def _metrics(self) -> tuple[list[dict], list[str]]:
         if not self.metrics.exists():
-            return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+            return [], []
+        try:
+            text = self.metrics.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            return [], [f"{self.metrics}: cannot read it ({exc}); its rows are left out"]
+        rows, bad = [], []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("step"), int):  # the runner orders rows by step
+                rows.append(row)
+            else:
+                bad.append(str(number))
+        if not bad:
+            return rows, []
+        return rows, [f"{self.metrics}: line {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} "
+                      "not an evaluation row (a JSON object with an integer step); left out"]
 
     def write_summary(self, summary: dict) -> None:
         write_json_atomic(self.summary, summary)
 
     def read_summary(self) -> dict | None:
+        """The summary; None when there is none yet or it cannot be read (`problems()` says why)."""
+        return self._summary()[0]
+
+    def _summary(self) -> tuple[dict | None, str | None]:
+        """(summary, None); (None, None) with no summary yet; (None, why) when it cannot be read."""
         if not self.summary.exists():
-            return None
-        return read_json(self.summary)
+            return None, None
+        try:
+            summary = read_json(self.summary)
+        except ResultFileError as exc:
+            problem = str(exc)
+        else:
+            if isinstance(summary, dict) and summary.get("status") in SUMMARY_STATUSES:
+                return summary, None
+            problem = f"{self.summary}: not a cell summary (a JSON object with status one of {', '.join(SUMMARY_STATUSES)})"
+        return None, problem + "; the cell counts as not done and runs again"
 
     def status(self) -> str:
-        """`done` / `failed` / `diverged` / `running`, or `pending` with no summary yet."""
-        summary = self.read_summary()
+        """`done` / `failed` / `diverged` / `running`; `pending` with no summary yet; `unreadable`
+        when summary.json cannot be read (never `done`: a damaged file must not pass for a result)."""
+        summary, problem = self._summary()
+        if problem:
+            return "unreadable"
         return summary["status"] if summary else "pending"
+
+    def problems(self) -> list[str]:
+        """One message per file of this cell that exists but cannot be read, each naming its path."""
+        out = [problem for problem in (self._summary()[1],) if problem] + self._metrics()[1]
+        if self.config.exists():
+            try:
+                if not isinstance(read_json(self.config), dict):
+                    out.append(f"{self.config}: not a cell configuration (a JSON object)")
+            except ResultFileError as exc:
+                out.append(str(exc))
+        return out
 
 
 class ResultsFolder:

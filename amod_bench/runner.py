@@ -75,6 +75,8 @@ def add_arguments(parser) -> None:
                         help="CPUs of the local Ray instance (default: all)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a suite field, e.g. --set defaults.recipe.epochs=2")
+    parser.add_argument("--allow-large-grid", dest="set", action="append_const", const="max_cells=null",
+                        help="run a grid of more than the suite's max_cells (default 10,000) cells")
     parser.add_argument("--no-report", action="store_true",
                         help="skip writing the report (results/<suite>/report/) at the end")
 
@@ -138,7 +140,10 @@ def choose_cells(cells, results: ResultsFolder, *, cell_filter, fresh, retry_fai
     for cell in cells:
         if not _matches(cell.id, cell_filter):
             continue
-        status = results.cell(cell.id).status()
+        files = results.cell(cell.id)
+        for problem in files.problems():  # an unreadable summary.json reads as `unreadable`, never done
+            print(f"warning: {problem}", file=sys.stderr)
+        status = files.status()
         if not fresh and status == "done":
             skipped[cell.id] = "done"
         elif not fresh and status in ("failed", "diverged") and not retry_failed:

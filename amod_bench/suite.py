@@ -21,6 +21,7 @@ Full example (every field shown; most have defaults and can be left out)::
       within_peak_pct: 2.0              # epochs to get within this many points (%) of the run's own peak
       top1: null                        # common target top-1 (%); null = the report's --common-target rule
     analyses: [importance]              # after the cells, `bench.py analyze NAME` on their checkpoints (default none)
+    max_cells: 10000                    # refuse a bigger grid product (a typo'd list); null = no limit (--allow-large-grid)
 
     defaults:                           # shared by every stage; a stage's own mappings merge over it key by key
       grid:
@@ -136,7 +137,12 @@ Rules:
   checkpoint files are missing; `plan` only warns.
 * **Overrides.** `load_suite(path, overrides=["defaults.recipe.epochs=1",
   "stages.search.grid.seed=[0,1]"])` (`--set`): dotted keys, stages by name or index,
-  values parsed as YAML, applied before validation.
+  values parsed as YAML, applied before validation. A `defaults` override that every
+  stage sets itself would change nothing and is refused, naming those stages.
+* **Limits.** A suite file is at most 1 MiB of UTF-8, nested at most 64 levels deep, and
+  at most 100,000 nodes with every alias expanded (an alias bomb is refused, not
+  walked). A grid product (before exclude and ignore) above `max_cells` (10,000) is
+  refused before any cell is built; `bench.py plan|run --allow-large-grid` lifts it.
 
 `Cell.config` keys (flat; CONFIG_KEYS): id, suite, stage, model, router, capacity,
 routed_layers, cls_policy, dataset (as written), dataset_path (what amod_bench.data
@@ -319,6 +325,11 @@ class Stage:
     where: dict = field(default_factory=dict, repr=False, compare=False)  # dotted key -> (path, file, line), for messages
 
 
+# A typo'd axis list can make millions of cells (gigabytes and minutes to plan): a larger
+# grid product is refused unless the suite raises max_cells (or --allow-large-grid lifts it)
+MAX_CELLS = 10_000
+
+
 @dataclass(frozen=True)
 class Suite:
     name: str = field(metadata=_NAME)  # results/<name>; not part of cell ids (renaming keeps them)
@@ -329,6 +340,7 @@ class Suite:
     max_concurrent: int = field(default=1, metadata=_AT_LEAST_1)  # cells at once, whole suite; capped as in the module docstring
     targets: Targets = field(default_factory=Targets)  # convergence targets for the report
     analyses: tuple[Literal["importance"], ...] = ()  # run after the cells, before the report (bench.py analyze)
+    max_cells: int | None = field(default=MAX_CELLS, metadata=_AT_LEAST_1)  # refuse a larger grid product; null = no limit
     source: str = ""  # the suite file, for messages and the results copy
     base_dir: str = ""  # the working directory at load time: relative paths resolve here
     where: dict = field(default_factory=dict, repr=False, compare=False)  # dotted key -> (path, file, line)
@@ -431,8 +443,49 @@ def _join(path: str, key) -> str:
     return str(key) if path in ("", "(top level)") else f"{path}.{key}"
 
 
+# Bounds on what one suite file may make the loader do. An alias is cheap to write and is
+# walked once per use (line annotation, merging, validation), so 9 levels of 9 aliases
+# (300 bytes) would expand to 9^9 nodes: the budget counts nodes as expanded. The largest
+# shipped suite has under 200 expanded nodes and 7 levels of nesting.
+MAX_SUITE_BYTES = 1 << 20
+MAX_NODES = 100_000  # expanded: an alias counts as a copy of what it refers to
+MAX_DEPTH = 64  # well inside Python's recursion limit, which the composer would hit first
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that records line numbers and reports duplicate keys; `1e-5` is a float."""
+    """SafeLoader that records line numbers and reports duplicate keys; `1e-5` is a float.
+
+    Composition is bounded (MAX_DEPTH, MAX_NODES): a node's expanded size is known once
+    its children are composed, so an alias bomb is refused before anything walks it."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self.depth = 0
+        self.sizes: dict[int, int] = {}  # id(node) -> expanded node count (nodes live while composing)
+
+    def compose_node(self, parent, index):
+        mark = self.peek_event().start_mark
+        alias = self.check_event(yaml.AliasEvent)
+        if self.depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+        self.depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        if alias:  # the anchored node itself: sized already, unless the alias sits inside it
+            if id(node) not in self.sizes:
+                raise yaml.composer.ComposerError(None, None, "an alias refers to a node that contains it", mark)
+            return node
+        children = node.value if isinstance(node, yaml.SequenceNode) else \
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+        size = 1 + sum(self.sizes[id(child)] for child in children)
+        if size > MAX_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"more than {MAX_NODES:,} nodes once its aliases are expanded "
+                            "(each use of an alias counts as a copy; is this an alias bomb?)", mark)
+        self.sizes[id(node)] = size
+        return node
 
 
 # YAML 1.1 (PyYAML) reads 1e-5 as a string; every suite writes learning rates that way.
@@ -1016,6 +1069,53 @@ def _apply_override(root: _Map, index: int, text: str, errors: _Errors) -> None:
         node = node[key]
 
 
+def _check_shadowed(root: _Map, overrides, errors: _Errors) -> None:
+    """Refuse a `defaults.*` override that every stage sets for itself: it would change nothing."""
+    stages = root.get("stages")
+    if not isinstance(stages, list) or not stages or not all(isinstance(st, _Map) for st in stages):
+        return  # reported by the stage checks
+    for index, text in enumerate(overrides, start=1):
+        try:
+            parts, _ = parse_override(text)
+        except ValueError:
+            continue  # reported by _apply_override
+        if parts[0] != "defaults" or len(parts) < 2:
+            continue
+        value = _lookup(root, parts)
+        shadows = [_shadowing(st, parts[1:], value) for st in stages]
+        if all(shadows):
+            names = [str(st.get("name", f"stages[{i}]")) for i, st in enumerate(stages)]
+            sub = ".".join(parts[1:])
+            where = ", ".join(f"{name} ({file}:{line})" for name, (_, file, line) in zip(names, shadows))
+            errors.add((".".join(parts), "--set", index),
+                       f"changes nothing: every stage sets {sub} itself ({where}) and a stage's value wins "
+                       f"over defaults; set it per stage instead, e.g. --set stages.{names[0]}.{sub}=...")
+
+
+def _lookup(node: Any, parts: list[str]) -> Any:
+    for part in parts:
+        node = node.get(part) if isinstance(node, _Map) else None
+    return node
+
+
+def _shadowing(stage: _Map, parts: list[str], value: Any) -> tuple[str, str, int] | None:
+    """Where `stage` replaces every part of defaults.<parts> = value (mappings merge key by key), or None."""
+    node: Any = stage
+    for part in parts[:-1]:
+        if not isinstance(node, _Map) or part not in node:
+            return None
+        if not isinstance(node[part], _Map):  # a non-mapping replaces the whole defaults block
+            return node.at(part)
+        node = node[part]
+    if not isinstance(node, _Map) or parts[-1] not in node:
+        return None
+    own = node[parts[-1]]
+    if isinstance(value, _Map) and isinstance(own, _Map):  # merged: shadowed only if each key is
+        if not all(_shadowing(own, [key], item) for key, item in value.items()):
+            return None
+    return node.at(parts[-1])
+
+
 def _relocate(node: Any, file: str, line: int) -> None:
     if isinstance(node, _Map):
         node.here = (node.here[0], file, line)
@@ -1043,12 +1143,7 @@ def load_suite(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] =
     """
     source = os.fspath(path)
     errors = _Errors()
-    try:
-        with open(source) as f:
-            text = f.read()
-    except OSError as exc:
-        raise SuiteError([Problem(source, 0, "(file)", f"cannot read the suite: {exc.strerror or exc}")]) from None
-    data = _parse_yaml(text, source, errors)
+    data = _parse_yaml(_read_text(source), source, errors)
     if data is None and not errors.problems:
         errors.add(("(top level)", source, 1), "empty suite file: expected a mapping with name and stages")
     elif data is not None and not isinstance(data, _Map):
@@ -1059,6 +1154,7 @@ def load_suite(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] =
         errors.raise_if_any()
     for i, text_override in enumerate(overrides, start=1):
         _apply_override(data, i, text_override, errors)
+    _check_shadowed(data, overrides, errors)
     suite, stage_names = _build_suite(data, source, os.path.abspath(base_dir or os.getcwd()), errors)
     _expand(suite, errors, stage_names)
     if check_data:
@@ -1066,6 +1162,25 @@ def load_suite(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] =
             errors.add(where, message)
     errors.raise_if_any()
     return suite
+
+
+def _read_text(source: str) -> str:
+    """The suite file as text: at most MAX_SUITE_BYTES of UTF-8, or a SuiteError naming it."""
+    def refuse(message: str, line: int = 0) -> typing.NoReturn:
+        raise SuiteError([Problem(source, line, "(file)", message)]) from None
+
+    try:
+        with open(source, "rb") as f:
+            raw = f.read(MAX_SUITE_BYTES + 1)
+    except OSError as exc:
+        refuse(f"cannot read the suite: {exc.strerror or exc}")
+    if len(raw) > MAX_SUITE_BYTES:
+        refuse(f"larger than {MAX_SUITE_BYTES >> 20} MiB: not a suite file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        refuse(f"not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); a suite is a YAML file",
+               raw[:exc.start].count(b"\n") + 1)
 
 
 def _build_suite(data: _Map, source: str, base_dir: str, errors: _Errors) -> tuple[Suite, list[str]]:
@@ -1262,10 +1377,29 @@ def _expand(suite: Suite, errors: _Errors, stage_names: list[str] | None = None)
     cells: list[Cell] = []
     by_stage: dict[str, list[Cell]] = {}
     order = {name: i for i, name in enumerate(stage_names or [s.name for s in suite.stages])}
+    size = sum(_grid_size(stage) for stage in suite.stages)
+    if suite.max_cells is not None and size > suite.max_cells:  # counted, so a huge grid is never built
+        errors.add(suite.where.get("max_cells") or suite.where.get("stages") or ("stages", suite.source, 1),
+                   f"the grid has {size:,} cells (before exclude and ignore), more than max_cells "
+                   f"({suite.max_cells:,}); if that is meant, set max_cells: {size} in the suite or pass "
+                   "--allow-large-grid")
+        return cells
     for stage in suite.stages:
         by_stage[stage.name] = _expand_stage(suite, stage, order, by_stage, errors)
         cells.extend(by_stage[stage.name])
     return cells
+
+
+def _grid_size(stage: Stage) -> int:
+    """Cells of the grid product plus the include cells, before exclude and ignore shrink it."""
+    axes = stage.grid.axes()
+    return sum(math.prod(len(v) for v in sub.values())
+               for sub in [axes, *(_include_axes(axes, rule) for rule in stage.include)])
+
+
+def _include_axes(axes: dict[str, tuple], rule: dict[str, tuple]) -> dict[str, tuple]:
+    """An include item's own small grid: the axes it names, every grid value for the others."""
+    return {name: rule.get(name, axes.get(name, (None,))) for name in dict.fromkeys([*axes, *rule])}
 
 
 # config keys a rule (init_from.match, select.by) may compare: everything that describes training
@@ -1353,7 +1487,7 @@ def _expand_stage(suite: Suite, stage: Stage, order: dict[str, int], by_stage: d
         errors.add(_stage_where(stage, "exclude" if stage.exclude else "grid"),
                    f"stage '{stage.name}' has no grid cells left after exclude ({len(combos)} excluded)")
     for i, rule in enumerate(stage.include):
-        sub_axes = {name: rule.get(name, axes.get(name, (None,))) for name in dict.fromkeys([*names, *rule])}
+        sub_axes = _include_axes(axes, rule)
         for values in itertools.product(*sub_axes.values()):
             kept.append((dict(zip(sub_axes, values)), i))
 

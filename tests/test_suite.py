@@ -396,3 +396,95 @@ def test_schema_fields_carry_a_comment(tmp_path):
         for f in dataclasses.fields(cls):
             line = next(row for row in source.splitlines() if row.strip().startswith(f"{f.name}:"))
             assert "  # " in line, f"{cls.__name__}.{f.name} lacks a comment"
+
+
+# ---------------------------------------------------------------------------------------------
+# bounded reading (issue 20, item 5): every hostile file ends in a SuiteError naming it, quickly
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """~300 bytes that expand to width**levels nodes."""
+    rows = [f"a0: &a0 [{', '.join(['x'] * width)}]"]
+    rows += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "\n".join(rows) + "\nname: bomb\nstages: []\n"
+
+
+HOSTILE = [
+    ("alias bomb", alias_bomb().encode(), "more than 100,000 nodes once its aliases are expanded"),
+    ("merge-key bomb", (f"a0: &a0 {{k: 1}}\n" + "".join(
+        f"a{i}: &a{i} {{<<: [{', '.join([f'*a{i - 1}'] * 9)}]}}\n" for i in range(1, 10))
+        + "name: bomb\n").encode(), "more than 100,000 nodes"),
+    ("deep nesting", ("name: deep\nstages: " + "[" * 5000 + "]" * 5000 + "\n").encode(), "nested deeper than 64"),
+    ("not UTF-8", b"name: tiny\ndescription: \xff\xfe\n", "not UTF-8 text (byte 24"),
+    ("binary", bytes(range(256)) * 4, "not UTF-8 text"),
+    ("too large", b"name: big\n" + b"# padding\n" * 110_000, "larger than 1 MiB"),
+]
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("data,message", [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
+def test_hostile_suite_files_end_in_an_error_naming_the_file(tmp_path, data, message):
+    file = tmp_path / "hostile.yaml"
+    file.write_bytes(data)
+    with pytest.raises(SuiteError) as caught:
+        load_suite(file)
+    (problem,) = caught.value.problems
+    assert problem.file == str(file) and message in problem.message, str(caught.value)
+
+
+@pytest.mark.timeout(10)
+def test_a_huge_grid_is_refused_before_it_is_built(tmp_path):
+    # 1000 x 1000 x 1000 cells: counted, never built; the error says how to confirm it
+    numbers = ", ".join(str(i) for i in range(1, 1001))
+    text = BASE_HEAD + ("stages:\n  - name: a\n    grid:\n      router: dense\n"
+                        f"      seed: [{numbers}]\n      batch_size: [{numbers}]\n      epochs: [{numbers}]\n")
+    with pytest.raises(SuiteError) as caught:
+        load_text(tmp_path, text)
+    (problem,) = caught.value.problems
+    assert "the grid has 1,000,000,000 cells" in problem.message and "--allow-large-grid" in problem.message
+    assert (problem.file, problem.path) == (str(tmp_path / "suite.yaml"), "stages")
+
+
+@pytest.mark.parametrize("module", ["amod_bench.plan", "amod_bench.runner"])
+def test_allow_large_grid_lifts_the_suites_max_cells(tmp_path, module):
+    import argparse
+    import importlib
+
+    text = "max_cells: 3  #<\n" + BASE_HEAD + "stages:\n  - name: a\n    grid: {router: dense, seed: [0, 1, 2, 3]}\n"
+    file = write(tmp_path, text)
+    with pytest.raises(SuiteError, match=r"suite.yaml:1: max_cells: the grid has 4 cells .*max_cells \(3\)"):
+        load_suite(file)
+    parser = argparse.ArgumentParser()
+    importlib.import_module(module).add_arguments(parser)
+    args = vars(parser.parse_args([file, "--allow-large-grid"]))
+    overrides = args["overrides" if module == "amod_bench.plan" else "set"]
+    assert len(expand(load_suite(file, overrides=overrides))) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# overrides that would change nothing (issue 20, item 7)
+
+
+def test_override_shadowed_by_every_stage_is_refused_with_the_stages_and_the_fix():
+    quickstart = os.path.join(os.path.dirname(__file__), os.pardir, "suites", "quickstart.yaml")
+    with pytest.raises(SuiteError) as caught:
+        load_suite(quickstart, overrides=["defaults.recipe.epochs=1"], check_data=False)
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.line, problem.path) == ("--set", 1, "defaults.recipe.epochs")
+    assert "changes nothing" in problem.message
+    assert "pretrain (" in problem.message and "finetune (" in problem.message
+    assert "--set stages.pretrain.recipe.epochs=" in problem.message
+
+
+def test_override_shadowed_by_some_stages_applies_to_the_others(tmp_path):
+    text = BASE_HEAD + ("stages:\n  - name: a\n    grid: {router: dense}\n    recipe: {epochs: 3}\n"
+                        "  - name: b\n    grid: {router: dense}\n")
+    suite = load_text(tmp_path, text, overrides=["defaults.recipe.epochs=5"])
+    assert {c.stage: c.config["epochs"] for c in expand(suite)} == {"a": 3.0, "b": 5.0}
+    # a mapping override merges key by key: shadowed only where every key of it is
+    suite = load_text(tmp_path, text.replace("{epochs: 3}", "{epochs: 3, lr: 0.1}"),
+                      overrides=["defaults.recipe={epochs: 4, lr: 0.2}"])
+    assert {c.stage: c.config["epochs"] for c in expand(suite)} == {"a": 3.0, "b": 4.0}
+    with pytest.raises(SuiteError, match="every stage sets grid.seed itself"):
+        load_text(tmp_path, text.replace("grid: {router: dense}", "grid: {router: dense, seed: 1}"),
+                  overrides=["defaults.grid.seed=[0, 1]"])
