@@ -109,7 +109,8 @@ def test_index_opens_with_the_verdict_then_figures_then_tables_each_with_how_to_
     build_report([flagged_suite[0]], out, ReportOptions(n_boot=200, figures=False), log=lambda m: None)
     index = (out / "index.md").read_text()
     sections = [line for line in index.splitlines() if line.startswith("## ")]
-    assert sections == ["## Verdict", "## Figures", "## Detailed tables"]
+    assert sections[:3] == ["## Verdict", "## Figures", "## Detailed tables"]
+    assert sections[3:] == ["## Skipped"]  # what was not drawn (no figures, no analysis files), last
     verdict = index.split("## Verdict")[1].split("## Figures")[0]
     assert verdict.index("How to read:") < verdict.index("| C | comparison | seeds |")
     # known_suite: amod reaches every target before mod, isoflop and dense on all 3 (noiseless) seeds
