@@ -49,8 +49,11 @@ LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME":
                  # one machine is never preempted; the watcher is one more process per cell
                  "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 # For this driver, where Tune runs. ResultsWriter writes each cell's files; Tune's own
-# per-trial CSV, JSON and TensorBoard copies would only cost the driver CPU on every report.
-DRIVER_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+# per-trial CSV and TensorBoard copies would only cost the driver CPU on every report (its JSON
+# copy stays: run_suite passes JsonLoggerCallback, because the analysis Tune builds at the end of
+# every fit reads it and warns about each trial without one). Tune's older console output prints
+# nothing at verbose=0; its newer one prints an experiment box and paths at every verbosity.
+DRIVER_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0"}
 BOARD_WAIT_SECONDS = 60.0  # longest wait of one call to the board; it answers as soon as it can
 
 
@@ -171,6 +174,38 @@ def loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+@contextmanager
+def ray_messages_to(log_file: Path):
+    """Ray's messages in this process (its start-up notices, Tune's bookkeeping) go to `log_file`;
+    its errors reach the console too. Ray logs on its "ray" logger, which does not propagate, to a
+    console handler of its own: that handler steps aside while the suite runs."""
+    import logging
+
+    import ray  # noqa: F401  (its import sets up the "ray" logger this replaces)
+
+    ray_logger = logging.getLogger("ray")
+    own_handlers, own_level = list(ray_logger.handlers), ray_logger.level
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(log_file)
+    to_console = logging.StreamHandler(sys.stderr)
+    to_console.setLevel(logging.ERROR)
+    for handler in (to_file, to_console):  # ray.init gives them Ray's own format
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s -- %(message)s"))
+    for handler in own_handlers:
+        ray_logger.removeHandler(handler)
+    ray_logger.addHandler(to_file)
+    ray_logger.addHandler(to_console)
+    try:
+        yield
+    finally:
+        ray_logger.removeHandler(to_file)
+        ray_logger.removeHandler(to_console)
+        to_file.close()
+        for handler in own_handlers:
+            ray_logger.addHandler(handler)
+        ray_logger.setLevel(own_level)
+
+
 def ray_env(local: bool, extra: dict | None = None) -> dict:
     """Environment variables for every Ray process this suite starts."""
     return {**RAY_ENV, **(LOCAL_RAY_ENV if local else {}), **(extra or {})}
@@ -190,8 +225,10 @@ def ray_session(address: str | None, num_cpus: int | None, worker_env: dict | No
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
     else:
         loopback_only()
-        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
-                 runtime_env={"env_vars": env}, log_to_driver=False)
+        # "local": a new instance even when another one runs on this machine (Ray's default
+        # would join it)
+        ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1",
+                 include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
     try:
         yield not address
     finally:
@@ -555,7 +592,7 @@ def _callback_class():
             self.extra[cell_id] = {"checkpoint": previous.get("checkpoint"), "started": time.monotonic(),
                                    "earlier_wall_seconds": previous.get("wall_seconds") or 0.0}
             self._write_summary(cell_id, "running")
-            self.progress.set_status(cell_id, "running")
+            self.progress.cell_started(cell_id)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             cell_id, files = self._files(trial)
@@ -581,7 +618,7 @@ def _callback_class():
             self.history[cell_id] = history
             files.write_metrics(history)
             self._write_summary(cell_id, "running")
-            self.progress.update(cell_id, row)
+            self.progress.cell_evaluated(cell_id, row)
 
         def _finish(self, trial, status: str, error: str | None = None) -> None:
             cell_id, _ = self._files(trial)
@@ -589,7 +626,10 @@ def _callback_class():
                 status = "diverged"
             summary = self._write_summary(cell_id, status, error)
             self.board.finish.remote(cell_id, summary)
-            self.progress.set_status(cell_id, status)
+            self.progress.cell_ended(cell_id, status)
+
+        def on_step_end(self, iteration, trials, **info):
+            self.progress.tick()
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._finish(trial, "done")
@@ -612,7 +652,7 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
               retry_failed=False, dry_run=False, num_cpus=None, overrides=(), worker_env=None) -> dict[str, str]:
     """Run every unfinished cell of a suite; returns {cell id: final status} for the selected cells."""
     from amod_bench.costs import cell_costs
-    from amod_bench.progress import ProgressTable
+    from amod_bench.progress import SuiteProgress
     from amod_bench.suite import expand, load_suite
 
     suite = load_suite(suite_path, overrides=list(overrides))  # also refuses missing datasets
@@ -640,11 +680,13 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
     results.write_index(suite.name, plan_order)
 
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     os.environ.update(DRIVER_ENV)
-    progress = ProgressTable([c.id for c in to_run], {c.id: c.config["epochs"] for c in to_run})
+    progress = SuiteProgress([c.id for c in to_run], {c.id: c.config["epochs"] for c in to_run})
     started = time.monotonic()
-    with ray_session(address, num_cpus, worker_env) as own_instance:
+    log_file = results.root / "logs" / "driver.log"
+    with ray_messages_to(log_file), ray_session(address, num_cpus, worker_env) as own_instance:
         import ray
 
         finished = {cid: results.cell(cid).read_summary() for c in to_run for cid in dependencies(c.config)
@@ -669,9 +711,12 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
                 name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=os.path.join(suite.storage, "_tune"), verbose=0,
                 callbacks=[_callback_class()(results, {c.id: c for c in to_run}, progress, board,
-                                             _provenance())]),
+                                             _provenance()), JsonLoggerCallback()]),
         )
-        tuner.fit()
+        try:
+            tuner.fit()
+        finally:
+            progress.close()
         ray.kill(board)
     results.write_index(suite.name, plan_order)
 
@@ -684,6 +729,7 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
         if status != "done":
             summary = results.cell(cid).read_summary() or {}
             print(f"  {status}: {cid} {summary.get('error') or ''}")
+    print(f"Ray's messages: {log_file}")
     return {**statuses, **{cid: "skipped" for cid in skipped}}
 
 
