@@ -152,5 +152,6 @@ class SuiteProgress:
             self._bars[cell_id] = tqdm(
                 total=self.cells[cell_id].epochs, file=sys.stdout, smoothing=0, dynamic_ncols=True,
                 leave=False, desc=f"{cell_id:<{width}}", postfix=self._top1(self.cells[cell_id]),
-                bar_format="{desc} {bar:16} {n:.2f}/{total:g} ep{postfix}  [{elapsed}<{remaining}]")
+                # the bar last: on a narrow terminal tqdm shrinks it, not the numbers
+                bar_format="{desc} {n:.2f}/{total:g} ep{postfix}  [{elapsed}<{remaining}] |{bar}|")
         return self._bars[cell_id]
