@@ -26,7 +26,8 @@ or `folder: PATH` (a folder in a layout above) with the fields it lacks, usually
 `num_classes`. Shard names resolve against `base_url`, else the spec's folder; absolute
 paths, http(s):// URLs and `pipe:` commands are used as they are. Errors name `FILE:LINE`.
 
-Stdlib, PyYAML and braceexpand only: the suite validator calls this without torch.
+Stdlib, PyYAML and braceexpand only (webdataset, which brings torch, only to describe an unrecognised
+folder): the suite validator calls this without torch.
 """
 from __future__ import annotations
 
@@ -165,24 +166,14 @@ def guess_split(file_name: str) -> str | None:
 
 
 def first_sample_fields(path: str) -> tuple[str, list[str]] | None:
-    """(key, member extensions) of a tar's first sample, webdataset's way: a member name
-    `DIR/KEY.EXT` splits at the first dot of its base name. None if unreadable."""
+    """(key, member extensions) of a tar's first sample as webdataset groups it, or None if unreadable."""
+    import webdataset as wds  # brings torch: only on this error path, never while a suite validates
+
     try:
-        with tarfile.open(path) as tar:
-            key, fields = None, []
-            for member in tar:
-                if not member.isfile():
-                    continue
-                directory, base = os.path.split(member.name)
-                stem, _, ext = base.partition(".")
-                if key is None:
-                    key = os.path.join(directory, stem)
-                elif os.path.join(directory, stem) != key:
-                    break
-                fields.append(ext)
+        sample = next(iter(wds.tarfile_samples([{"url": path}], handler=wds.reraise_exception)), None)
     except (OSError, tarfile.TarError):
         return None
-    return (key, fields) if key is not None else None
+    return None if sample is None else (sample["__key__"], [k for k in sample if not k.startswith("__")])
 
 
 def unrecognised_folder_message(folder: str) -> str | None:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from amod_bench.analysis import ANALYSIS_DIR, CORRELATIONS, DIAGNOSTICS, PRECISION_AT_K
 
+from .markdown import ci_text
 from .output import write_csv, write_markdown
 
 
@@ -59,7 +60,8 @@ def read_analysis(folders) -> dict[str, pd.DataFrame]:
 def _ci(mean: float, low: float, high: float) -> str:
     if not np.isfinite(mean):
         return "-"
-    return f"{mean:.2f}" if not (np.isfinite(low) and np.isfinite(high)) else f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+    interval = ci_text(low, high)
+    return f"{mean:.2f}" if interval == "-" else f"{mean:.2f} {interval}"
 
 
 def _series(frame: pd.DataFrame) -> pd.Series:
