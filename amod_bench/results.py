@@ -98,6 +98,33 @@ def read_json(path: Path) -> Any:
         raise ResultFileError(f"{path}: not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
 
 
+def is_finite_number(value: Any) -> bool:
+    """A real number (not a bool), neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def best_and_final(history: list[dict]) -> dict:
+    """Best and final accuracy of a cell's evaluation rows (in step order): `best_*` from the
+    row with the highest `val_top1` (the first of equals), `final_*` from the last row with one;
+    None where no row has a finite `val_top1`."""
+    evals = [row for row in history if is_finite_number(row.get("val_top1"))]
+    best = max(evals, key=lambda row: row["val_top1"], default=None)
+    final = evals[-1] if evals else None
+    return {"best_top1": best and best["val_top1"], "best_top5": best and best.get("val_top5"),
+            "best_epoch": best and best.get("epoch"),
+            "final_top1": final and final["val_top1"], "final_top5": final and final.get("val_top5")}
+
+
+def summarize(history: list[dict], status: str) -> dict:
+    """summary.json's status, best and final accuracy and totals from a cell's metrics history
+    (the runner writes it; the report falls back on `best_and_final` where a summary lacks them)."""
+    last = history[-1] if history else {}
+    return {"status": status, **best_and_final(history),
+            "train_seconds": last.get("train_seconds", 0.0), "eval_seconds": last.get("eval_seconds", 0.0),
+            "train_macs": last.get("train_macs", 0),
+            "steps": last.get("step", 0), "skipped": last.get("skipped", 0)}
+
+
 @dataclass(frozen=True)
 class CellFiles:
     """The three files of one cell."""
@@ -199,9 +226,6 @@ class ResultsFolder:
 
     def cell(self, cell_id: str) -> CellFiles:
         return CellFiles(self.root / "cells" / cell_id)
-
-    def statuses(self, cell_ids: Iterable[str]) -> dict[str, str]:
-        return {cell_id: self.cell(cell_id).status() for cell_id in cell_ids}
 
     def write_suite_copy(self, suite_path: str | os.PathLike) -> None:
         write_text_atomic(self.root / "suite.yaml", Path(suite_path).read_text())

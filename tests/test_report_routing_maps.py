@@ -4,14 +4,13 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from amod_bench.report import routing_maps as rm
 from amod_bench.report.groups import add_variant_columns
 from amod_bench.report.load import load_results
 from amod_bench.report.output import save_figure
 from fixtures_report import DENSE_KNOTS, Cell, write_suite
-
-torch = pytest.importorskip("torch")
 
 
 def test_keep_mask_maps_token_indices_to_patches():
@@ -106,10 +105,9 @@ def _write_val_shard(folder, n=4, size=28):
 
 
 def test_real_models_and_data_end_to_end(tmp_path):
-    models = pytest.importorskip("amod_bench.models")
-    if not hasattr(models, "build_model"):
-        pytest.skip("amod_bench.models.build_model has not landed")
     from safetensors.torch import save_file
+
+    from amod_bench import models
 
     shards = tmp_path / "shards"
     _write_val_shard(shards)

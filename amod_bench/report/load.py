@@ -26,13 +26,14 @@ Usage:
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from amod_bench.results import best_and_final, is_finite_number
 
 UNITS = ("epoch", "step", "train_macs", "train_seconds")  # the four time-to-target units
 METRIC_KEYS = (  # always present in `evals`; other numeric keys of metrics.jsonl are kept as well
@@ -148,10 +149,6 @@ def _flat_config(config: dict) -> dict:
     return row
 
 
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _flag(row: dict, has_folder: bool, has_config: bool, has_summary: bool, n_evals: int) -> tuple[str, str]:
     """(flag, reason) for a cell; flag "" means the cell counts."""
     status = row.get("status")
@@ -195,19 +192,10 @@ def _load_cell(cell_dir: Path, suite: str, index_entry: dict, log: list[str]) ->
     evals = [{"suite": suite, "cell": row["cell"], **{k: r.get(k) for k in METRIC_KEYS},
               **{k: v for k, v in r.items() if k not in METRIC_KEYS and isinstance(v, (int, float))}}
              for r in records]
-    tops = [r.get("val_top1") for r in records]
-    finite = [(t, i) for i, t in enumerate(tops) if _finite(t)]
-    # best/final from summary.json; from the metrics only where the summary has none
-    if finite:
-        best, best_i = max(finite, key=lambda p: (p[0], -p[1]))
-        fallback = {
-            "best_top1": best, "best_top5": records[best_i].get("val_top5"),
-            "best_epoch": records[best_i].get("epoch"),
-            "final_top1": tops[-1], "final_top5": records[-1].get("val_top5"),
-        }
-        for key, value in fallback.items():
-            if row.get(key) is None:
-                row[key] = value
+    # best/final from summary.json; from the metrics, as the runner computes them, only where the summary has none
+    for key, value in best_and_final(records).items():
+        if row.get(key) is None and value is not None:
+            row[key] = value
     row["n_evals"] = len(records)
     row["bad_lines"] = bad
     row["flag"], row["reason"] = _flag(row, True, config is not None, summary is not None, len(records))
@@ -221,7 +209,7 @@ def _dedupe_by_step(records: list[dict], path: Path, log: list[str]) -> list[dic
     by_step: dict = {}
     unkeyed = []
     for r in records:
-        if _finite(r.get("step")):
+        if is_finite_number(r.get("step")):
             by_step[r["step"]] = r
         else:
             unkeyed.append(r)
