@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import signal
 import tempfile
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from amod_bench import provenance
 
 CHECKPOINT_WEIGHTS = "model.safetensors"   # timm state-dict keys: loadable by build_model(pretrained=...)
 CHECKPOINT_STATE = "train_state.pt"        # optimizer + counters; loaded with weights_only=True
@@ -46,8 +47,8 @@ def build_optimizer(model: torch.nn.Module, config: dict) -> torch.optim.Optimiz
     groups = param_groups_weight_decay(model, weight_decay=config["weight_decay"])
     if config["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=config["lr"], momentum=config["momentum"])
-    # fused: one kernel for all parameters instead of ~10 per tensor; on the CPU, 1.3 ms a step
-    # instead of 5.4 for the quickstart's 0.3 M-parameter ViT (the same update, to rounding)
+    # fused: one kernel for all parameters instead of ~10 per tensor, the same update to
+    # rounding; a small ViT's step on the CPU is mostly that overhead (see docs/DECISIONS.md)
     return torch.optim.AdamW(groups, lr=config["lr"], fused=True)
 
 
@@ -99,12 +100,6 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer) -> dict:
     return state
 
 
-def _hardware(device: torch.device, world_size: int) -> dict:
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-            or platform.machine(), "device_type": device.type, "workers": world_size,
-            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-
-
 def _rank_checksums(model: torch.nn.Module, world_size: int) -> list[float]:
     # Position-weighted, so two ranks with permuted or swapped weights still differ.
     flat = torch.cat([p.detach().double().flatten() for p in _unwrap(model).parameters()])
@@ -146,7 +141,7 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     torch.manual_seed(config["seed"])
-    hardware = _hardware(device, world_size)
+    hardware = provenance.hardware(device, world_size)
 
     # ---- data
     dataset = open_dataset(config["dataset_path"])
