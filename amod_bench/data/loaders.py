@@ -294,8 +294,8 @@ class EpochLoaders:
     """Training batches epoch by epoch, `make(epoch)` building each epoch's loader (a new
     DataLoader per epoch, so `persistent_workers` cannot help). With loader worker processes,
     each epoch's iterator starts one epoch early: its workers fork and fill their first batches
-    while the previous epoch trains, instead of stalling the first step of every epoch (~0.5 s
-    an epoch in the quickstart's pretrain). None starts beyond `last_epoch`."""
+    while the previous epoch trains, instead of stalling the first step of every epoch (see
+    docs/DECISIONS.md). None starts beyond `last_epoch`."""
 
     def __init__(self, make: Callable[[int], DataLoader], last_epoch: int):
         self.make, self.last_epoch = make, last_epoch
@@ -316,7 +316,7 @@ class ReplayedBatches:
     """An evaluation loader whose batches are kept in memory after the first full pass, when
     they fit in `max_bytes`, and replayed on every later pass (each pass is identical: eval
     streams are deterministic). Re-reading a small validation split at every evaluation cost
-    as much as the evaluation itself (digits: 0.16 s to read and decode, 0.13 s to evaluate).
+    as much as the evaluation itself (see docs/DECISIONS.md).
     A split larger than `max_bytes` is streamed from its shards every time."""
 
     def __init__(self, loader: DataLoader, max_bytes: int):

@@ -75,8 +75,8 @@ _DECODED = "__decoded__"  # a cached sample's (image, label), kept in the sample
 class ShardCache:
     """Raw samples of whole shards, kept in memory up to `max_bytes` of image and label bytes
     (and of decoded pixels, see `decode`), so a loop that streams the same small shards every
-    epoch parses each tar once: webdataset's tar reader is pure Python, ~40 % of the
-    quickstart's data time. Only shards read completely and cleanly are kept; a shard that
+    epoch parses each tar once: webdataset's tar reader is pure Python, a large share of a
+    small dataset's data time (see docs/DECISIONS.md). Only shards read completely and cleanly are kept; a shard that
     does not fit is read from its file every time."""
 
     def __init__(self, max_bytes: int):
