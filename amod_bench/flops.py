@@ -14,7 +14,8 @@ hidden width h = int(d * mlp_ratio):
                   qkv 3nd^2, proj nd^2, MLP 8nd^2, scores + weighted sum 2n^2 d)
 - dense_blocks:   unrouted blocks at n = N
 - routed_blocks:  routed blocks at n = k = max(1, floor(C N))
-- router:         per routed block, the cost of scoring the N tokens:
+- router:         per routed block, the cost of scoring the N tokens (each router's
+                  declared `score_macs`, amod_bench.routers.traits):
     mod, mod_tanh   N d       (the d -> 1 linear router)
     amod            0 with score_impl="explicit": the previous block already
                     materialises A_h, and the column mean is ~H N^2 additions,
@@ -40,57 +41,20 @@ the depth and the exact ratio; the paper's own rounding is inconsistent).
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import asdict, dataclass, fields
-from typing import Callable, Mapping, Optional, Union
+from typing import Mapping, Optional, Union
 
-from amod_bench.models._registry import ViTConfig, get_config
+from amod_bench.models._registry import get_config
+from amod_bench.models.config import ViTConfig
 from amod_bench.routers.layout import (
     DEFAULT_SCORE_IMPL, check_attention_predecessors, check_capacity, check_cls_policy, check_score_impl,
     kept_tokens, resolve_routed_layers,
 )
+from amod_bench.routers.traits import router_traits
 
 ModelSpec = Union[str, ViTConfig, Mapping]
 
 TRAIN_MULTIPLIER = 3  # forward + backward ~ 3 x forward
-
-
-@dataclass(frozen=True)
-class RouterCost:
-    """What a router costs, for the counting here (torch-free mirror of the router classes)."""
-
-    # (N, d, score_impl) -> score MACs per routed block; None: a variant without routing
-    score_macs: Optional[Callable[[int, int, str], int]]
-    attention_scored: bool = False  # reads the previous block's attention
-    truncate_to_match: Optional[str] = None  # isoflop: the router whose FLOPs the cut model matches
-
-
-def _linear_score(n: int, d: int, impl: str) -> int:
-    return n * d
-
-
-def _received_score(n: int, d: int, impl: str) -> int:
-    return 0 if impl == "explicit" else n * n * d
-
-
-def _cls_score(n: int, d: int, impl: str) -> int:
-    return 0 if impl == "explicit" else n * d
-
-
-def _free(n: int, d: int, impl: str) -> int:
-    return 0
-
-
-# Keep in sync with amod_bench.routers (tests/test_flops.py checks every registered router is here).
-ROUTER_COSTS: dict[str, RouterCost] = {
-    "dense": RouterCost(None),
-    "isoflop": RouterCost(None, truncate_to_match="mod"),
-    "mod": RouterCost(_linear_score),
-    "mod_tanh": RouterCost(_linear_score),
-    "amod": RouterCost(_received_score, attention_scored=True),
-    "cls": RouterCost(_cls_score, attention_scored=True),
-    "random": RouterCost(_free),
-}
 
 
 @dataclass(frozen=True)
@@ -144,14 +108,6 @@ def _config(model: ModelSpec) -> ViTConfig:
     return ViTConfig(**{k: v for k, v in dict(model).items() if k in names})
 
 
-def router_cost(router: str) -> RouterCost:
-    if router not in ROUTER_COSTS:
-        hint = difflib.get_close_matches(str(router), ROUTER_COSTS, n=1)
-        did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
-        raise ValueError(f"unknown router {router!r}; valid routers: {sorted(ROUTER_COSTS)}.{did_you_mean}")
-    return ROUTER_COSTS[router]
-
-
 def block_macs(num_tokens: int, dim: int, mlp_hidden: int) -> int:
     """One pre-LN ViT block on n tokens: linears (4 d^2 + 2 d h) n plus attention 2 n^2 d."""
     n, d = num_tokens, dim
@@ -180,19 +136,19 @@ def count_macs(model: ModelSpec, *, router: str = "dense", capacity: float = 0.5
             other options (seed, alpha, chunk_size) cost nothing.
     """
     cfg = _config(model)
-    cost = router_cost(router)
+    traits = router_traits(router)
     check_capacity(capacity)
     check_cls_policy(cls_policy)  # CLS policy changes which tokens are kept, never how many
     impl = check_score_impl(router_options.get("score_impl", DEFAULT_SCORE_IMPL))
     routed = resolve_routed_layers(cfg.depth, routed_layers)
-    if cost.attention_scored:
+    if traits.reads_attention:
         check_attention_predecessors(router, routed)
     n, embed, head, hidden = _shape(cfg, img_size, num_classes)
     d = cfg.embed_dim
-    if cost.score_macs is None:  # dense, isoflop
+    if not traits.routes:  # dense, isoflop
         depth = cfg.depth
-        if cost.truncate_to_match:
-            depth = isoflop_match(cfg, router=cost.truncate_to_match, capacity=capacity,
+        if traits.truncate_to_match:
+            depth = isoflop_match(cfg, router=traits.truncate_to_match, capacity=capacity,
                                   routed_layers=routed_layers, img_size=img_size, num_classes=num_classes).depth
         return MacCount(embed, depth * block_macs(n, d, hidden), 0, 0, head)
     k = kept_tokens(n, capacity)
@@ -200,7 +156,7 @@ def count_macs(model: ModelSpec, *, router: str = "dense", capacity: float = 0.5
         embed=embed,
         dense_blocks=(cfg.depth - len(routed)) * block_macs(n, d, hidden),
         routed_blocks=len(routed) * block_macs(k, d, hidden),
-        router=len(routed) * cost.score_macs(n, d, impl),
+        router=len(routed) * traits.score_macs(n, d, impl),
         head=head,
     )
 

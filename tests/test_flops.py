@@ -86,15 +86,18 @@ def test_isoflop_ties_go_to_the_shallower_model():
     assert match.target_macs == 384 + 2400 and match.depth == 1
 
 
-def test_every_registered_router_has_a_cost_and_matching_traits():
-    from amod_bench.routers import get_router_class, list_routers
+def test_every_declared_router_is_costed_from_its_traits():
+    from amod_bench.routers import list_routers, router_traits
 
-    assert set(flops.ROUTER_COSTS) == set(list_routers())
     for name in list_routers():
-        cls, cost = get_router_class(name), flops.ROUTER_COSTS[name]
-        assert cls.routes == (cost.score_macs is not None), name
-        assert bool(cls.attention_stat) == cost.attention_scored, name
-        assert cls.truncate_to_match == cost.truncate_to_match, name
+        traits = router_traits(name)
+        macs = flops.count_macs(PRESET, router=name, capacity=0.5, routed_layers=[1, 3, 5])
+        if traits.routes:
+            assert macs.router == 3 * traits.score_macs(50, 96, "explicit"), name
+        else:
+            assert macs.routed_blocks == macs.router == 0, name
+            full = flops.count_macs(PRESET).dense_blocks
+            assert (macs.dense_blocks < full) == (traits.truncate_to_match is not None), name
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -39,6 +39,36 @@ def test_unknown_router_option_raises():
 
 
 @pytest.mark.parametrize("name", sorted(SUITE_ROUTERS))
+def test_declared_traits_match_the_router_class(name):
+    """The torch-free declaration cannot drift from the class it names."""
+    import inspect
+
+    from amod_bench.routers import router_traits
+
+    traits, cls = router_traits(name), get_router_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    keyword_only = [p for p in params if params[p].kind is inspect.Parameter.KEYWORD_ONLY
+                    and p not in ("dim", "num_heads", "layer_index")]
+    assert list(traits.options) == keyword_only
+    assert traits.reads_attention == (cls.attention_stat is not None)
+    assert cls.routes == traits.routes and cls.__module__ == traits.module
+
+
+def test_router_traits_are_torch_free_and_declared_once():
+    import subprocess
+    import sys
+
+    from amod_bench.routers import RouterTraits, declare_router, router_traits
+
+    code = "import sys, amod_bench.routers.traits; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    amod = router_traits("amod")
+    assert declare_router(RouterTraits(**{**vars(amod), "options": dict(amod.options)})) == amod
+    with pytest.raises(ValueError, match="already declared"):
+        declare_router(RouterTraits(**{**vars(amod), "label": "other"}))
+
+
+@pytest.mark.parametrize("name", sorted(SUITE_ROUTERS))
 def test_router_interface(name):
     router = create_router(name, dim=16, num_heads=2, layer_index=3)
     assert isinstance(router, Router) and router.name == name

@@ -25,11 +25,12 @@ from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn
 
 from amod_bench import flops
-from amod_bench.routers import create_router, get_router_class
+from amod_bench.routers import create_router
 from amod_bench.routers import router_options as accepted_options
 from amod_bench.routers.layout import (
     check_attention_predecessors, check_capacity, check_cls_policy, resolve_routed_layers,
 )
+from amod_bench.routers.traits import router_traits
 
 from ._registry import get_config
 from .blocks import ScoringAttention, make_block
@@ -54,9 +55,8 @@ class RoutedVisionTransformer(VisionTransformer):
 
     def __init__(self, *, router: str = "dense", capacity: float = 0.5, routed_layers="every_other",
                  cls_policy: str = "compete", router_options: Optional[dict] = None, **kwargs) -> None:
-        router_cls = get_router_class(router)
         router_options = dict(router_options or {})
-        routed = resolve_routed_layers(kwargs["depth"], routed_layers) if router_cls.routes else ()
+        routed = resolve_routed_layers(kwargs["depth"], routed_layers) if router_traits(router).routes else ()
         dim, num_heads = kwargs["embed_dim"], kwargs["num_heads"]
         routers = {i: create_router(router, dim=dim, num_heads=num_heads, layer_index=i, **router_options)
                    for i in routed}
@@ -152,7 +152,7 @@ def create_routed_vit(name: str, *, router: str = "dense", capacity: float = 0.5
                       router_options: Optional[dict] = None):
     """Build registered model `name`; see `amod_bench.models.build_model`."""
     cfg = get_config(name)
-    router_cls = get_router_class(router)
+    traits = router_traits(router)
     capacity = check_capacity(capacity)
     check_cls_policy(cls_policy)
     router_options = dict(router_options or {})
@@ -161,13 +161,13 @@ def create_routed_vit(name: str, *, router: str = "dense", capacity: float = 0.5
         raise ValueError(f"router {router!r} got unknown option(s) {unknown}; "
                          f"it accepts {accepted_options(router)}")
     routed = resolve_routed_layers(cfg.depth, routed_layers)  # validated for every router
-    if router_cls.attention_stat is not None:
+    if traits.reads_attention:
         check_attention_predecessors(router, routed)
     num_classes = cfg.num_classes if num_classes is None else num_classes
     img_size = cfg.img_size if img_size is None else img_size
     depth = cfg.depth
-    if router_cls.truncate_to_match:
-        depth = flops.isoflop_depth(name, router=router_cls.truncate_to_match, capacity=capacity,
+    if traits.truncate_to_match:
+        depth = flops.isoflop_depth(name, router=traits.truncate_to_match, capacity=capacity,
                                     routed_layers=routed_layers, img_size=img_size, num_classes=num_classes)
 
     load, overlay = _pretrained_source(name, pretrained)

@@ -8,15 +8,18 @@ A router turns a block's input (and, for attention-scored routers, the previous
 block's attention) into one score per token; the routed block keeps the top-k.
 See `base.Router` for the interface and `layout` for capacity / routed-layer rules.
 
-Only `layout` is imported eagerly: it is stdlib-only so the FLOP counter and the
-suite validator can use it without torch. Everything else loads on first use.
+Each router is declared once in `traits` (name, module, label, options, costs,
+colour). `layout`, `traits` and the registry are stdlib-only, so the FLOP
+counter, the suite validator and the report use them without torch; a router's
+class loads when it is first asked for.
 """
 from . import layout
 from ._registry import create_router, get_router_class, list_routers, register_router, router_options
+from .traits import RouterTraits, declare_router, router_traits
 
 __all__ = [
-    "Router", "create_router", "get_router_class", "list_routers", "register_router", "router_options",
-    "layout",
+    "Router", "RouterTraits", "create_router", "declare_router", "get_router_class", "list_routers",
+    "register_router", "router_options", "router_traits", "layout",
 ]
 
 

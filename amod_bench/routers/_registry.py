@@ -1,59 +1,51 @@
-"""Router registry: `@register_router`, `create_router(name, **kw)`, `list_routers()`."""
+"""Router registry: `@register_router`, `create_router(name, **kw)`, `list_routers()`.
+
+Names, options and every other trait come from the torch-free declarations in
+`traits`; a router's class (and torch) is imported only when it is asked for,
+so `list_routers()` and `router_options()` serve the suite validator and the
+report without torch.
+"""
 from __future__ import annotations
 
-import difflib
 import importlib
-import inspect
+
+from .traits import router_names, router_traits
 
 _ROUTERS: dict[str, type] = {}
 
-# Built-in routers register themselves on import; they are imported on the first
-# registry call so that `import amod_bench.routers` (and its torch-free `layout`)
-# does not import torch.
-_BUILTIN_MODULES = ("dense", "isoflop", "mod", "amod", "mod_tanh", "random_topk", "cls_attention")
-_builtins_loaded = False
-
 
 def register_router(name: str):
-    """Class decorator: make a `Router` subclass available as `create_router(name)`."""
+    """Class decorator: `name`'s declared router class, built by `create_router(name)`."""
     def decorator(cls):
+        traits = router_traits(name)  # undeclared names raise: declare_router(RouterTraits(...)) first
         if name in _ROUTERS and _ROUTERS[name] is not cls:
             raise ValueError(f"router {name!r} is already registered by {_ROUTERS[name].__qualname__}")
         cls.name = name
+        cls.routes = traits.routes
         _ROUTERS[name] = cls
         return cls
     return decorator
 
 
-def _load_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(f"{__package__}.{module}")
-
-
 def list_routers() -> list[str]:
-    """Every registered router name, sorted."""
-    _load_builtins()
-    return sorted(_ROUTERS)
+    """Every declared router name, sorted."""
+    return router_names()
 
 
 def get_router_class(name: str) -> type:
-    """The registered class for `name`; unknown names raise with the valid list and a suggestion."""
-    _load_builtins()
+    """The class of `name`, importing its module; unknown names raise with the valid list and a suggestion."""
+    traits = router_traits(name)
     if name not in _ROUTERS:
-        hint = difflib.get_close_matches(str(name), _ROUTERS, n=1)
-        did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
-        raise ValueError(f"unknown router {name!r}; valid routers: {sorted(_ROUTERS)}.{did_you_mean}")
+        importlib.import_module(traits.module)
+    if name not in _ROUTERS:
+        raise ValueError(f"router {name!r} is declared in module {traits.module!r}, "
+                         f"which has no @register_router({name!r}) class")
     return _ROUTERS[name]
 
 
 def router_options(name: str) -> list[str]:
-    """The options a router accepts besides the structural dim/num_heads/layer_index."""
-    params = inspect.signature(get_router_class(name).__init__).parameters
-    return [p for p in params if p not in ("self", "dim", "num_heads", "layer_index")
-            and params[p].kind is inspect.Parameter.KEYWORD_ONLY]
+    """The keyword-only options a router accepts besides the structural dim/num_heads/layer_index."""
+    return list(router_traits(name).options)
 
 
 def create_router(name: str, *, dim: int, num_heads: int = 1, layer_index: int = 0, **options):
@@ -67,9 +59,8 @@ def create_router(name: str, *, dim: int, num_heads: int = 1, layer_index: int =
         **options: router-specific options (e.g. `alpha` for mod_tanh, `seed` for
             random, `score_impl` for amod / cls); unknown options raise ValueError.
     """
-    cls = get_router_class(name)
     unknown = sorted(set(options) - set(router_options(name)))
     if unknown:
         raise ValueError(
             f"router {name!r} got unknown option(s) {unknown}; it accepts {router_options(name)}")
-    return cls(dim=dim, num_heads=num_heads, layer_index=layer_index, **options)
+    return get_router_class(name)(dim=dim, num_heads=num_heads, layer_index=layer_index, **options)

@@ -11,9 +11,10 @@ from torch import nn
 class Router(nn.Module, ABC):
     """Scores the N tokens entering one routed block; the block runs on the top-k.
 
-    Subclasses implement `forward` (scores) and `gate` (output weight). Class
-    attributes tell the model builder what to arrange around the router; they
-    are read at build time only, never inside `forward`.
+    Subclasses implement `forward` (scores) and `gate` (output weight). What the
+    model builder arranges around a router (no router at all, the previous
+    block's attention, a truncated depth) is declared once, torch-free, in
+    `amod_bench.routers.traits`.
 
     Args:
         dim: token width d of the block.
@@ -22,9 +23,8 @@ class Router(nn.Module, ABC):
     """
 
     name: ClassVar[str]  # set by @register_router
-    routes: ClassVar[bool] = True  # False: a registry entry that places no router (dense, isoflop)
+    routes: ClassVar[bool]  # set by @register_router from the router's declared traits
     attention_stat: ClassVar[Optional[str]] = None  # statistic of the previous block's attention it reads
-    truncate_to_match: ClassVar[Optional[str]] = None  # isoflop: cut depth to match this router's FLOPs
 
     def __init__(self, *, dim: int, num_heads: int = 1, layer_index: int = 0) -> None:
         super().__init__()
@@ -69,11 +69,9 @@ class NoRouting(Router):
     """Base of registry entries that put no router in any block (dense, isoflop).
 
     They are registered so every model variant a suite names is a router name;
-    the model builder reads their class attributes and never instantiates them
+    the model builder reads their declared traits and never instantiates them
     inside a block.
     """
-
-    routes = False
 
     def forward(self, x, attn_stat):
         raise RuntimeError(f"router {self.name!r} places no router in any block; nothing to score")

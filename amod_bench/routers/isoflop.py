@@ -10,6 +10,7 @@ from .base import NoRouting
 
 @register_router("isoflop")
 class IsoFlop(NoRouting):
-    """No routing; the model keeps only its first L' blocks and loads full-depth checkpoints."""
+    """No routing; the model keeps only its first L' blocks and loads full-depth checkpoints.
 
-    truncate_to_match = "mod"  # the routed model whose FLOPs the truncated model matches
+    L' follows its declared `truncate_to_match="mod"` (`amod_bench.routers.traits`).
+    """
