@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ._registry import ViTConfig, get_model_fn, list_models, model_config, register_model
+from ._registry import get_config, list_models, model_config, register_model
+from .config import ViTConfig
 
 __all__ = ["build_model", "list_models", "model_config", "register_model", "ViTConfig"]
 
@@ -44,7 +45,9 @@ def build_model(name: str, *, router: str = "dense", capacity: float = 0.5, rout
     Returns:
         `RoutedVisionTransformer` (a timm `VisionTransformer`).
     """
-    return get_model_fn(name)(
-        router=router, capacity=capacity, routed_layers=routed_layers, cls_policy=cls_policy,
+    get_config(name)  # an unknown name fails before torch and timm are imported
+    from .routed_vit import create_routed_vit
+    return create_routed_vit(
+        name, router=router, capacity=capacity, routed_layers=routed_layers, cls_policy=cls_policy,
         num_classes=num_classes, img_size=img_size, pretrained=pretrained, drop_path_rate=drop_path_rate,
         router_options=router_options)
