@@ -4,8 +4,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-ROUTERS = ("dense", "isoflop", "mod", "amod", "mod_tanh", "random", "cls")
-SCORED = ("amod", "cls")  # routers with a score_impl option
+from amod_bench.routers.traits import router_traits, routers_in_display_order
+
+
+def scored(router: str) -> bool:
+    """Whether `router` has a `score_impl` option (amod, cls): its score paths are timed apart."""
+    return "score_impl" in router_traits(router).options
+
+
+# The default benchmark: every router declared when perf is imported, in the report's order.
+ROUTERS = tuple(t.name for t in routers_in_display_order())
+SCORED = tuple(name for name in ROUTERS if scored(name))
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ def variants(routers, capacities, score_impls) -> list[Variant]:
             out.append(DENSE)
             continue
         for c in capacities:
-            impls = score_impls if (router in SCORED and score_impls) else [None]
+            impls = score_impls if (scored(router) and score_impls) else [None]
             out += [Variant(router, c, impl) for impl in impls]
     if DENSE not in out:
         out.insert(0, DENSE)  # every ratio is to dense
@@ -98,7 +107,7 @@ def row_base(model_name: str, v: Variant, img_size: int, batch: int, device, dty
     cfg = model_config(model_name)
     tokens = (img_size // cfg["patch_size"]) ** 2 + 1
     return {"kind": kind, "model": model_name, "router": v.router, "capacity": v.capacity,
-            "score_impl": v.score_impl or (default_impl() if v.router in SCORED else None),
+            "score_impl": v.score_impl or (default_impl() if scored(v.router) else None),
             "img_size": img_size, "tokens": tokens,
             "kept_tokens": kept_tokens(tokens, v.capacity) if v.capacity is not None and v.router != "isoflop"
             else None, "batch_size": batch, "device": str(device), "dtype": dtype_name, "error": None}

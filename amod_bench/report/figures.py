@@ -19,7 +19,7 @@
 * `zero_shot_figure`: step-0 top-1 per router and capacity with CI bars, the
   parent's accuracy on the same split as a dashed line (gid "parent").
 
-Colors are fixed per router (`ROUTER_COLORS`) across all figures. Dense
+Colors are fixed per router (each router's declared `colour`) across all figures. Dense
 curves and points are repeated in every capacity facet they are compared in;
 a workload with dense only (e.g. pretraining) gets a single dense facet.
 """
@@ -39,15 +39,14 @@ import seaborn as sns  # noqa: E402
 
 from .accuracy import t_halfwidth  # noqa: E402
 from .convergence import TARGET_KEYS  # noqa: E402
-from .groups import ROUTER_ORDER, at_compared_capacities, display_name, router_rank  # noqa: E402
+from amod_bench.routers.traits import router_names, router_traits, routers_in_display_order  # noqa: E402
+
+from .groups import at_compared_capacities, display_name, router_rank  # noqa: E402
 from .load import UNITS  # noqa: E402
 
-# seaborn "colorblind" hues, one per router, the same in every figure
-ROUTER_COLORS = {
-    "dense": "#333333", "isoflop": "#949494", "mod": "#0173b2", "amod": "#d55e00",
-    "mod_tanh": "#56b4e9", "random": "#ca9161", "cls": "#029e73",
-}
-_SPARE_COLORS = ("#cc78bc", "#de8f05", "#fbafe4", "#ece133")
+# the colours declared when the report is imported (the built-ins' seaborn "colorblind" hues)
+ROUTER_COLORS = {t.name: t.colour for t in routers_in_display_order() if t.colour}
+_SPARE_COLORS = ("#cc78bc", "#de8f05", "#fbafe4", "#ece133")  # routers declared without a colour
 X_UNITS = {  # convergence x axis -> (column, axis label)
     "epoch": ("epoch", "epochs"),
     "gmacs": ("train_gmacs", "training GMACs (cumulative)"),
@@ -58,9 +57,9 @@ UNIT_LABELS = {"epoch": "epochs", "step": "optimizer steps", "train_macs": "trai
 
 
 def router_color(router: str) -> str:
-    if router in ROUTER_COLORS:
-        return ROUTER_COLORS[router]
-    return _SPARE_COLORS[sum(map(ord, router)) % len(_SPARE_COLORS)]  # stable across runs
+    """The router's declared colour, else a spare one picked from its name (stable across runs)."""
+    colour = router_traits(router).colour if router in router_names() else None
+    return colour or _SPARE_COLORS[sum(map(ord, router)) % len(_SPARE_COLORS)]
 
 
 def router_order(routers) -> list[str]:
@@ -484,5 +483,5 @@ def render(name: str, kind: str, kwargs: dict, folder) -> list:
         close(fig)
 
 
-__all__ = ["ROUTER_COLORS", "ROUTER_ORDER", "convergence_data", "convergence_figure", "isoflop_figure",
+__all__ = ["ROUTER_COLORS", "convergence_data", "convergence_figure", "isoflop_figure",
            "speedup_figure", "profile_figure", "forest_figure", "zero_shot_figure", "pareto_front", "router_color", "label_palette", "close", "render"]

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-ROUTER_ORDER = ("dense", "isoflop", "mod", "amod", "mod_tanh", "random", "cls")
+from amod_bench.routers.traits import router_names, router_traits, routers_in_display_order
+
 BASELINES = ("dense", "isoflop", "mod")
-ROUTER_NAMES = {"dense": "dense", "isoflop": "isoFLOP", "mod": "MoD", "amod": "A-MoD", "mod_tanh": "MoD-tanh",
-                "random": "random", "cls": "CLS-attention"}  # the papers' names, for sentences in the report
 WORKLOAD_KEYS = ["stage", "model", "dataset"]
 ROUTER_AXES = ("routed_layers", "cls_policy", "router_options")
 # config keys that never define a variant: identity, seed, provenance, derived figures
@@ -38,12 +37,14 @@ NOT_AXES = {
 def display_name(router: str, router_label: str | None = None) -> str:
     """"A-MoD", or "A-MoD (cls_policy=keep)" for a router label with axes; unknown routers keep their name."""
     label = router if router_label is None else router_label
-    return ROUTER_NAMES.get(router, router) + label[len(router):]
+    name = router_traits(router).label if router in router_names() else router  # the papers' names
+    return name + label[len(router):]
 
 
 def router_rank(router: str) -> tuple[int, str]:
-    """Sort key: the fixed router order first, unknown routers after, alphabetically."""
-    return (ROUTER_ORDER.index(router), "") if router in ROUTER_ORDER else (len(ROUTER_ORDER), str(router))
+    """Sort key: the declaration order first, undeclared routers after, alphabetically."""
+    order = [t.name for t in routers_in_display_order()]
+    return (order.index(router), "") if router in order else (len(order), str(router))
 
 
 def variant_axes(cells: pd.DataFrame, config_keys: list[str]) -> list[str]:
