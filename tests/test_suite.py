@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -488,3 +490,19 @@ def test_override_shadowed_by_some_stages_applies_to_the_others(tmp_path):
     with pytest.raises(SuiteError, match="every stage sets grid.seed itself"):
         load_text(tmp_path, text.replace("grid: {router: dense}", "grid: {router: dense, seed: 1}"),
                   overrides=["defaults.grid.seed=[0, 1]"])
+
+
+# ---------------------------------------------------------------------------------------------
+# validation reads registries by name only (issue 17)
+
+ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
+
+
+@pytest.mark.xfail(strict=True, reason="checks._check_layout asks get_router_class (which imports the router "
+                                       "module, hence torch) whether a router reads attention; it passes once "
+                                       "that reads amod_bench.routers.router_traits(name).reads_attention")
+def test_validating_a_suite_does_not_import_torch():
+    code = ("import sys\nfrom amod_bench.suite import load_suite\nload_suite('suites/quickstart.yaml')\n"
+            "assert 'torch' not in sys.modules, 'loading a suite imported torch'\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
