@@ -7,9 +7,9 @@ from typing import Any
 
 from amod_bench.data.bundled import BUNDLED
 from amod_bench.models import list_models
-from amod_bench.routers import list_routers, router_options
+from amod_bench.routers import list_routers, router_traits
 
-from .fields import INVALID, build_obj, typed, unknown_keys
+from .fields import INVALID, build_obj, checked, typed, unknown_keys
 from .problems import Errors, hint, show
 from .schema import CLS_POLICIES, IGNORABLE_AXES, RECIPE_FIELDS, ROUTED_LAYERS_RE, STANDARD_AXES, Grid, Recipe
 from .yaml_reader import YamlMap, join_path, plain, seq_of, where_in
@@ -24,12 +24,12 @@ class Registries:
         self.models = sorted(list_models())
         self.routers = sorted(list_routers())
         self.bundled = sorted(BUNDLED)
-        self._options: dict[str, list[str]] = {}
+        self._options: dict[str, dict[str, Any]] = {}
 
-    def router_options(self, router: str) -> list[str]:
-        """Option names a registered `router` accepts (amod_bench.routers.router_options)."""
+    def router_options(self, router: str) -> dict[str, Any]:
+        """Option name -> type annotation, for the options a registered `router` declares."""
         if router not in self._options:
-            self._options[router] = list(router_options(router))
+            self._options[router] = dict(router_traits(router).options)
         return self._options[router]
 
 
@@ -205,13 +205,14 @@ def build_router_options(data: Any, where, errors: Errors, reg: Registries):
             ok = False
             continue
         accepted = reg.router_options(router)
-        if isinstance(options, YamlMap):
-            for key in options:
-                if key not in accepted:
-                    errors.add(options.at(key), f"router '{router}' has no option '{key}'"
-                               + (hint(key, accepted) if accepted else " (it takes none)"))
-                    ok = False
-        out[router] = plain(options)
+        for key, value in options.items():
+            if key not in accepted:
+                errors.add(options.at(key), f"router '{router}' has no option '{key}'"
+                           + (hint(key, accepted) if accepted else " (it takes none)"))
+                ok = False
+            elif checked(accepted[key], value, options.at(key), errors, strict=True) is INVALID:  # 1 for 1.0, not '1'
+                ok = False
+        out[router] = plain(options)  # as written, not coerced: the cell id hashes what the suite says
     return out if ok else INVALID
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from amod_bench.models import model_config
-from amod_bench.routers import get_router_class, layout
+from amod_bench.routers import layout, router_traits
 
 from .problems import Errors, hint
 from .schema import CONFIG_KEYS, RECIPE_FIELDS, UNHASHED_KEYS, Cell, Stage, Suite
@@ -95,8 +95,7 @@ def _check_layout(config: dict, stage: Stage, errors: Errors) -> None:
     depth = _model_depth(config["model"])
     try:
         routed = layout.resolve_routed_layers(depth, config["routed_layers"])
-        router_cls = get_router_class(config["router"])
-        if getattr(router_cls, "routes", True) and getattr(router_cls, "attention_stat", None):
+        if router_traits(config["router"]).reads_attention:
             layout.check_attention_predecessors(config["router"], routed)
     except ValueError as exc:
         errors.add(stage.at("grid.routed_layers"), f"model '{config['model']}' ({depth} blocks), router "

@@ -66,8 +66,15 @@ def typed(cls, name: str, value: Any, where: Where, errors: Errors) -> Any:
             errors.add(where, f"expected a mapping, got {show(value)}")
             return INVALID
         return build_obj(tp, value, errors)
+    return checked(tp, value, where, errors)
+
+
+def checked(tp, value: Any, where: Where, errors: Errors, strict: bool | None = None) -> Any:
+    """`value` checked and coerced by pydantic against the annotation `tp`, or INVALID; each
+    of pydantic's errors is reported where its part of `value` was written. `strict`: no
+    conversions but int -> float, for a bare annotation (the schema's own types are strict)."""
     try:
-        return _adapter(cls, name).validate_python(value)
+        return _adapter(tp).validate_python(value, strict=strict)
     except ValidationError as exc:
         for error in exc.errors():
             at, node, annotation = _locate(error["loc"], value, tp, where)
@@ -80,9 +87,9 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls, include_extras=True)
 
 
-@functools.cache  # one adapter per field, built on first use (building costs more than validating)
-def _adapter(cls, name: str) -> TypeAdapter:
-    return TypeAdapter(_hints(cls)[name])
+@functools.cache  # one adapter per annotation, built on first use (building costs more than validating)
+def _adapter(tp) -> TypeAdapter:
+    return TypeAdapter(tp)
 
 
 def _locate(loc: tuple, value: Any, tp, where: Where) -> tuple[Where, Any, Any]:
