@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from amod_bench.results import ResultsFolder
-from amod_bench.runner import RunError, choose_cells
+from amod_bench.runner.planning import RunError, choose_cells
 from amod_bench.suite import Cell
 
 DAMAGED_SUMMARIES = [

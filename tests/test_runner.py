@@ -50,7 +50,7 @@ def cells_of(path: Path):
 
 def test_two_node_ddp_cell_keeps_ranks_identical(ray_cluster, tmp_path):
     # Each node has 2 CPUs and each worker asks for 2, so the two DDP ranks sit on different nodes.
-    # The cell's TrainController runs in its trial's process (runner.cell_trainer_class).
+    # The cell's TrainController runs in its trial's process (runner.trial.cell_trainer_class).
     import ray
 
     path = write_suite(tmp_path, "ddp", """\
@@ -211,9 +211,9 @@ def test_interrupted_suite_reruns_only_unfinished_cells(ray_cluster, tmp_path):
 def test_board_hands_each_cells_reports_to_its_trial_once_and_in_order(ray_cluster):
     import ray
 
-    from amod_bench.runner import _remote_board
+    from amod_bench.runner.board import remote_board
 
-    board = _remote_board().remote({})
+    board = remote_board().remote({})
     try:
         waiting = board.take.remote("a", 30.0)  # a trial waiting before its cell's first report
         # one post at a time, as the controller posts (an async actor may run concurrent calls
@@ -245,9 +245,9 @@ def test_board_hands_each_cells_reports_to_its_trial_once_and_in_order(ray_clust
 def test_board_tells_a_prestarted_cell_once_its_parent_trains_or_has_finished(ray_cluster):
     import ray
 
-    from amod_bench.runner import _remote_board
+    from amod_bench.runner.board import remote_board
 
-    board = _remote_board().remote({"done-before": {"status": "done"}})
+    board = remote_board().remote({"done-before": {"status": "done"}})
     try:
         assert ray.get(board.started_or_finished.remote("done-before", 0.0))
         assert not ray.get(board.started_or_finished.remote("parent", 0.2))  # waits, then says no
@@ -265,9 +265,9 @@ def test_board_tells_a_prestarted_cell_once_its_parent_trains_or_has_finished(ra
 def test_board_wakes_a_trial_waiting_on_dependencies_when_they_finish(ray_cluster):
     import ray
 
-    from amod_bench.runner import _remote_board
+    from amod_bench.runner.board import remote_board
 
-    board = _remote_board().remote({"done-before": {"status": "done"}})
+    board = remote_board().remote({"done-before": {"status": "done"}})
     try:
         assert ray.get(board.get.remote(["done-before", "x"], 0.2)) == {"done-before": {"status": "done"},
                                                                         "x": None}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from amod_bench.runner import _select_value, choose_cells, concurrency, dependencies, launch_order, RunError
+from amod_bench.runner.inputs import dependencies, select_value
+from amod_bench.runner.planning import RunError, choose_cells, concurrency, launch_order
 from amod_bench.results import ResultsFolder
 from amod_bench.suite import Cell
 
@@ -20,13 +21,13 @@ def test_select_takes_the_best_mean_over_seeds_of_finished_cells():
     summaries = {"a1": summary("done", 80.0), "a2": summary("done", 70.0),   # mean 75
                  "b1": summary("done", 77.0), "b2": summary("done", 76.0),   # mean 76.5
                  "c1": summary("diverged", None)}                            # ignored
-    assert _select_value(SELECT, summaries) == 1e-4
+    assert select_value(SELECT, summaries) == 1e-4
 
 
 def test_select_without_any_finished_search_cell_fails_clearly():
     summaries = {cid: summary("failed", None) for cid in SELECT["cells"]}
     with pytest.raises(RuntimeError, match="nothing to select"):
-        _select_value(SELECT, summaries)
+        select_value(SELECT, summaries)
 
 
 def test_dependencies_and_filter_refuse_a_cell_whose_parent_is_neither_done_nor_selected(tmp_path):
@@ -82,7 +83,7 @@ def test_cell_trainer_leaves_out_only_the_helper_actors_a_cell_never_uses(own_in
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from amod_bench.runner import cell_trainer_class
+    from amod_bench.runner.trial import cell_trainer_class
 
     def callback_names(trainer_class):
         trainer = trainer_class(_trivial_loop, scaling_config=ray.train.ScalingConfig(num_workers=1))
@@ -100,9 +101,9 @@ def test_provenance_is_plain_data_so_the_board_never_imports_torch():
     import pickle
     import pickletools
 
-    from amod_bench.runner import _provenance
+    from amod_bench.provenance import software
 
-    provenance = _provenance()
+    provenance = software()
     classes = [op.name for op, _, _ in pickletools.genops(pickle.dumps(provenance))
                if op.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "NEWOBJ", "REDUCE")]
     assert classes == [] and set(provenance["versions"]) == {"torch", "timm", "ray", "python"}

@@ -1,0 +1,108 @@
+"""`run_suite`: every unfinished cell of a suite as one Ray Tune trial, from the plan printed
+before to the summary printed after; the cells' result files are written in this process."""
+from __future__ import annotations
+
+import os
+import time
+
+from amod_bench.provenance import software
+from amod_bench.results import ResultsFolder
+
+from .board import remote_board
+from .inputs import dependencies
+from .planning import choose_cells, concurrency, launch_order
+from .ray_session import DRIVER_ENV, ray_messages_to, ray_session
+from .trial import run_cell
+from .writer import results_writer_class
+
+
+def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, fresh=False,
+              retry_failed=False, dry_run=False, num_cpus=None, overrides=(), worker_env=None) -> dict[str, str]:
+    """Run every unfinished cell of a suite; returns {cell id: final status} for the selected cells."""
+    from amod_bench.costs import cell_costs
+    from amod_bench.progress import SuiteProgress
+    from amod_bench.suite import expand, load_suite
+
+    suite = load_suite(suite_path, overrides=list(overrides))  # also refuses missing datasets
+    cells = expand(suite)
+    results = ResultsFolder(suite.output)
+    to_run, skipped = choose_cells(cells, results, cell_filter=list(cell_filter), fresh=fresh,
+                                   retry_failed=retry_failed)
+
+    print(f"suite {suite.name}: {len(cells)} cells, {len(to_run)} to run, {len(skipped)} skipped "
+          f"-> {results.root}")
+    for cell_id, why in skipped.items():
+        print(f"  skip {cell_id}: {why}")
+    if dry_run or not to_run:
+        for cell in to_run:
+            print(f"  would run {cell.id}")
+        return {**{c.id: "pending" for c in to_run}, **{cid: "skipped" for cid in skipped}}
+
+    for cell in to_run:
+        cell.config.update(cell_costs(cell.config))
+        if fresh:
+            results.remove_cell(cell.id)
+            _remove_storage(suite.storage, cell.id)
+    results.write_suite_copy(suite_path)
+    plan_order = [(c.id, c.stage) for c in cells]
+    results.write_index(suite.name, plan_order)
+
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    os.environ.update(DRIVER_ENV)
+    progress = SuiteProgress([c.id for c in to_run], {c.id: c.config["epochs"] for c in to_run})
+    started = time.monotonic()
+    log_file = results.root / "logs" / "driver.log"
+    with ray_messages_to(log_file), ray_session(address, num_cpus, worker_env) as own_instance:
+        import ray
+
+        finished = {cid: results.cell(cid).read_summary() for c in to_run for cid in dependencies(c.config)
+                    if cid not in {x.id for x in to_run}}
+        board = remote_board().remote(finished)
+        at_once = concurrency(to_run, ray.cluster_resources(), suite.max_concurrent, max_concurrent)
+        print(f"running {len(to_run)} cells, {at_once} at a time")
+        trainable = tune.with_resources(
+            tune.with_parameters(run_cell, cells={c.id: c for c in to_run}, board=board,
+                                 storage=suite.storage, worker_env=worker_env or {},
+                                 own_instance=own_instance),
+            # The trial only drives its TorchTrainer; the workers hold the CPUs and GPUs. Tune
+            # refuses an all-zero request, hence one byte of memory.
+            {"cpu": 0, "memory": 1})
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"cell_id": tune.grid_search([c.id for c in launch_order(to_run)])},
+            # reuse_actors: a finished trial's process runs the next cell, which saves each
+            # cell a process start and its torch import (the trial only drives a TorchTrainer)
+            tune_config=tune.TuneConfig(max_concurrent_trials=at_once, reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=os.path.join(suite.storage, "_tune"), verbose=0,
+                callbacks=[results_writer_class()(results, {c.id: c for c in to_run}, progress, board,
+                                                  software()), JsonLoggerCallback()]),
+        )
+        try:
+            tuner.fit()
+        finally:
+            progress.close()
+        ray.kill(board)
+    results.write_index(suite.name, plan_order)
+
+    statuses = {c.id: results.cell(c.id).status() for c in to_run}
+    counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
+    print(f"finished in {time.monotonic() - started:.0f}s: "
+          + ", ".join(f"{n} {s}" for s, n in counts.items())
+          + (f", {len(skipped)} skipped" if skipped else ""))
+    for cid, status in statuses.items():
+        if status != "done":
+            summary = results.cell(cid).read_summary() or {}
+            print(f"  {status}: {cid} {summary.get('error') or ''}")
+    print(f"Ray's messages: {log_file}")
+    return {**statuses, **{cid: "skipped" for cid in skipped}}
+
+
+def _remove_storage(storage: str, cell_id: str) -> None:
+    import shutil
+
+    if "://" not in storage:
+        shutil.rmtree(os.path.join(storage, cell_id), ignore_errors=True)

@@ -1,0 +1,104 @@
+"""The driver's side of a suite run: `ResultsWriter`, the Tune callback that turns every trial
+event into the cell's result files (config.json, metrics.jsonl, summary.json), on the machine
+that runs `bench.py` whichever nodes trained."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from amod_bench.results import CellFiles, ResultsFolder, summarize
+
+
+def results_writer_class():
+    """`ResultsWriter`, made when Ray Tune is imported (it subclasses `tune.Callback`)."""
+    from ray import tune
+
+    class ResultsWriter(tune.Callback):
+        """Turns every trial event into result files; runs in the driver process only."""
+
+        def __init__(self, results: ResultsFolder, cells: dict, progress, board, provenance: dict):
+            self.results, self.cells, self.progress, self.board = results, cells, progress, board
+            self.provenance = provenance
+            self.history: dict[str, list[dict]] = {}
+            self.extra: dict[str, dict] = {}  # per cell: checkpoint, hardware, diverged_at
+
+        def _files(self, trial) -> tuple[str, CellFiles]:
+            cell_id = trial.config["cell_id"]
+            return cell_id, self.results.cell(cell_id)
+
+        def _write_summary(self, cell_id: str, status: str, error: str | None = None) -> dict:
+            config = self.cells[cell_id].config
+            summary = {**summarize(self.history[cell_id], status), **self.provenance,
+                       "params": config.get("params"), "gmacs": config.get("gmacs"),
+                       "seed": config["seed"], "error": error,
+                       "checkpoint": self.extra[cell_id].get("checkpoint"),
+                       "hardware": self.extra[cell_id].get("hardware"),
+                       "rank_checksums": self.extra[cell_id].get("rank_checksums"),
+                       "diverged_at_step": self.extra[cell_id].get("diverged_at_step"),
+                       # wall-clock of the Tune trial (Ray start-up and teardown included), summed
+                       # over reruns; minus train_seconds and eval_seconds it is Ray's overhead
+                       "wall_seconds": self.extra[cell_id]["earlier_wall_seconds"]
+                       + time.monotonic() - self.extra[cell_id]["started"]}
+            self.results.cell(cell_id).write_summary(summary)
+            return summary
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            cell_id, files = self._files(trial)
+            files.write_config(self.cells[cell_id].config)
+            self.history[cell_id] = files.read_metrics()  # a resumed cell keeps its earlier rows
+            previous = files.read_summary() or {}
+            self.extra[cell_id] = {"checkpoint": previous.get("checkpoint"), "started": time.monotonic(),
+                                   "earlier_wall_seconds": previous.get("wall_seconds") or 0.0}
+            self._write_summary(cell_id, "running")
+            self.progress.cell_started(cell_id)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            cell_id, files = self._files(trial)
+            if "resolved" in result:  # values known only at run time: a search's pick, the init weights
+                self.extra[cell_id]["started"] = time.monotonic()  # dependencies met: the cell starts now
+                self.cells[cell_id].config.update(result["resolved"])
+                files.write_config(self.cells[cell_id].config)
+            row = result.get("row")
+            if row is None:
+                return
+            if row.get("status") == "diverged":
+                self.extra[cell_id]["diverged_at_step"] = row["step"]
+                return
+            for key in ("hardware", "rank_checksums"):  # per-run facts: they go to the summary
+                if key in row:
+                    self.extra[cell_id][key] = row[key]
+            row = {k: v for k, v in row.items() if k not in ("status", "hardware", "rank_checksums")}
+            if result.get("checkpoint_path"):
+                self.extra[cell_id]["checkpoint"] = result["checkpoint_path"]
+            # A worker group restarted from its last checkpoint reports again from there:
+            # rows at or after the reported step are superseded, so no step appears twice.
+            history = [r for r in self.history[cell_id] if r["step"] < row["step"]] + [row]
+            self.history[cell_id] = history
+            files.write_metrics(history)
+            self._write_summary(cell_id, "running")
+            self.progress.cell_evaluated(cell_id, row)
+
+        def _finish(self, trial, status: str, error: str | None = None) -> None:
+            cell_id, _ = self._files(trial)
+            if status == "done" and self.extra[cell_id].get("diverged_at_step") is not None:
+                status = "diverged"
+            summary = self._write_summary(cell_id, status, error)
+            self.board.finish.remote(cell_id, summary)
+            self.progress.cell_ended(cell_id, status)
+
+        def on_step_end(self, iteration, trials, **info):
+            self.progress.tick()
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._finish(trial, "done")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            # Tune writes the error to the trial's local folder now and to storage later, which is
+            # where get_error() reads it: at this point only the local file is sure to exist
+            local = Path(trial.error_file) if trial.error_file else None
+            error = (local.read_text() if local and local.exists() else trial.get_error()) \
+                or "unknown error (see the Ray logs under /tmp/ray/session_latest/logs)"
+            last_line = [line for line in str(error).strip().splitlines() if line.strip()][-1:]
+            self._finish(trial, "failed", last_line[0] if last_line else str(error))
+
+    return ResultsWriter
