@@ -49,6 +49,6 @@ def run() -> None:
     """The program (`bench.py`, `amod-bench`): `main` on sys.argv, then exit with its status."""
     status = main()
     # Teardown would walk every object torch, pandas and matplotlib created before exiting
-    # (seconds after a report: docs/DECISIONS.md); frozen, they are left to the OS with the process.
+    # (a noticeable wait after a report: docs/DECISIONS.md); frozen, they are left to the OS with the process.
     gc.freeze()
     sys.exit(status)
