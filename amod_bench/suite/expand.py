@@ -90,7 +90,9 @@ def _apply_ignore(combo: dict, ignore: dict[str, tuple[str, ...]]) -> dict:
 
 
 def expand_into(suite: Suite, errors: Errors, stage_names: list[str] | None = None) -> list[Cell]:
-    """`stage_names`: every stage in the file, including any left out of `suite` for its problems."""
+    """The cells of `suite`, each problem added to `errors` (load_suite passes the collector that
+    holds the validation problems, so one SuiteError lists both). `stage_names`: every stage in
+    the file, including any left out of `suite` for its problems."""
     cells: list[Cell] = []
     by_stage: dict[str, list[Cell]] = {}
     order = {name: i for i, name in enumerate(stage_names or [s.name for s in suite.stages])}
