@@ -128,24 +128,28 @@ def test_drawn_in_the_report(toy, tmp_path):
 
 
 def test_accepted_by_the_suite_validator(toy, tmp_path):
-    from amod_bench.suite import expand, load_suite
+    from amod_bench.suite import SuiteError, expand, load_suite
 
-    path = tmp_path / "suite.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        name: toy
-        description: a router added by one declaration
-        defaults:
-          grid: {{model: {MODEL}, dataset: bundled:digits, seed: 0}}
-          recipe: {{epochs: 1, batch_size: 32, lr: 1e-3}}
-          router_options:
-            toy: {{p: 1.0}}
-        stages:
-          - name: main
-            grid: {{router: [dense, toy], capacity: 0.5}}
-        """))
-    cells = expand(load_suite(str(path), check_data=False))
-    toy_cells = [c for c in cells if c.config["router"] == "toy"]
-    assert len(toy_cells) == 1 and toy_cells[0].config["router_options"] == {"p": 1.0}
+    def suite_with_options(options: str) -> str:
+        path = tmp_path / "suite.yaml"
+        path.write_text(textwrap.dedent(f"""\
+            name: toy
+            description: a router added by one declaration
+            defaults:
+              grid: {{model: {MODEL}, dataset: bundled:digits, seed: 0}}
+              recipe: {{epochs: 1, batch_size: 32, lr: 1e-3}}
+              router_options:
+                toy: {options}
+            stages:
+              - name: main
+                grid: {{router: [dense, toy], capacity: 0.5}}
+            """))
+        return str(path)
+
+    cells = expand(load_suite(suite_with_options("{p: 1.0}"), check_data=False))
+    assert len(cells) == 2 and sum("toy" in c.id for c in cells) == 1
+    with pytest.raises(SuiteError, match="router 'toy' has no option 'q' \(allowed: p\)"):
+        load_suite(suite_with_options("{q: 1.0}"), check_data=False)
 
 
 def test_the_declaration_is_gone_after_the_tests_that_used_it():
