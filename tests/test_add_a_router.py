@@ -148,7 +148,7 @@ def test_accepted_by_the_suite_validator(toy, tmp_path):
 
     cells = expand(load_suite(suite_with_options("{p: 1.0}"), check_data=False))
     assert len(cells) == 2 and sum("toy" in c.id for c in cells) == 1
-    with pytest.raises(SuiteError, match="router 'toy' has no option 'q' \(allowed: p\)"):
+    with pytest.raises(SuiteError, match=r"router 'toy' has no option 'q' \(allowed: p\)"):
         load_suite(suite_with_options("{q: 1.0}"), check_data=False)
 
 
