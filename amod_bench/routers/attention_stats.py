@@ -16,14 +16,11 @@ implementations (router option `score_impl`):
   `r_i = 1/(H N) sum_h sum_j exp(q_j.k_i/sqrt(d) - lse_hj)`: only
   (B, H, chunk, N) is alive at a time, for N^2 d extra MACs per block.
 
-Measured on the 2-core shared dev CPU (1 torch thread, fp32, DeiT-S shapes
-B=8, H=6, N=197, attention fwd+bwd alone, median of 25 interleaved rounds):
-SDPA 48 ms; the former explicit path (autograd through softmax and two
-matmuls, which kept the map for backward) 70 ms and the former chunked path
-70 ms; this file's explicit 58 ms and chunked 63 ms. Whole models:
-`bench.py perf` and benchmarks/RESULTS.md. With 2 torch threads on a loaded
-2-core machine every op waits for a descheduled thread, which made op-heavy
-paths look fast or slow at random; compare at 1 thread there.
+Both are faster than the former paths (the former explicit one kept the map
+for an autograd backward); the timings are in docs/DECISIONS.md, whole models
+in `bench.py perf` and benchmarks/RESULTS.md. With 2 torch threads
+on a loaded 2-core machine every op waits for a descheduled thread, which makes
+op-heavy paths look fast or slow at random; compare at 1 thread there.
 
 Dropout on the attention probabilities (dropout_p > 0) cannot be replayed by
 the fused backward, so ``explicit`` then falls back to plain autograd through
@@ -43,7 +40,7 @@ from .base import Router
 from .layout import DEFAULT_SCORE_IMPL, check_score_impl
 
 DEFAULT_CHUNK_SIZE = 256  # query rows per chunk: one chunk at 224 px (N=197), 3 at 384 px, 5 at 512 px
-_CPU_BLOCK_ELEMENTS = 1 << 18  # 1 MiB of float32 logits per block: measured best on the dev CPU (L2-sized)
+_CPU_BLOCK_ELEMENTS = 1 << 18  # 1 MiB of float32 logits per block: L2-sized (docs/DECISIONS.md)
 _CPU_FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 

@@ -6,9 +6,7 @@ block traces to one static graph under torch.compile.
 Gather and scatter index rows of the batch flattened to (B*N, D):
 `index_select` / `index_copy` move whole contiguous rows of D values, where
 `gather` / `scatter` along dim 1 with an index expanded to (B, k, D) address
-every element (dev CPU, 1 thread, B=8, N=197, D=384, fwd+bwd of gather ->
-x*2 -> scatter: 3.1 ms vs 5.4 ms at k=24, 4.6 ms vs 10.5 ms at k=98; x*2 alone
-is ~1.1 ms).
+every element, which is slower (docs/DECISIONS.md).
 """
 from __future__ import annotations
 
