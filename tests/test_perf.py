@@ -161,3 +161,32 @@ def test_a_training_step_updates_the_weights_only_with_an_optimizer(with_optimiz
     changed = [not torch.equal(a, b) for a, b in zip(before, model.parameters())]
     assert any(changed) == with_optimizer
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.dim() > 1)
+
+
+def test_the_ratio_figure_reads_the_router_declarations_when_it_draws(monkeypatch):
+    """A router declared after perf was imported gets its declared colour and its score-path tag."""
+    import argparse
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from amod_bench.perf import output
+    from amod_bench.routers import traits
+
+    monkeypatch.setattr(traits, "_DECLARED", dict(traits._DECLARED))
+    traits.declare_router(traits.RouterTraits("late", "late_router_mod", "Late", routes=True,
+                                              options={"score_impl": str}, colour="#123456"))
+    row = {"router": "late", "capacity": 0.5, "score_impl": "chunked", "flop_ratio": 0.6, "train_time_ratio": 0.7}
+    fig, ax = plt.subplots()
+    try:
+        output.draw_ratio_axes(ax, [(row, "train")], "late")
+        points = [c for c in ax.collections if c.get_label() == "late"]
+        assert [matplotlib.colors.to_hex(c.get_facecolor()[0]) for c in points] == ["#123456"]
+        assert [t.get_text() for t in ax.texts] == ["0.5 ch"]
+    finally:
+        plt.close(fig)
+    parser = argparse.ArgumentParser()
+    perf_cli.add_arguments(parser)
+    assert parser.parse_args([]).routers[-1] == "late"  # the default benchmark: every router declared

@@ -14,7 +14,7 @@ import argparse
 import os
 from typing import Callable
 
-from .variants import ROUTERS
+from .variants import declared_routers
 
 # --quick: the tiny preset and few iterations (CI); explicit options still win
 QUICK = dict(model="vit_nano_patch7_28", batch_size=8, warmup=1, iters=3, mem_img_sizes="56",
@@ -32,8 +32,9 @@ def csv(kind: Callable):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help=f"registered model (default {DEFAULTS['model']})")
-    parser.add_argument("--routers", type=csv(str), default=list(ROUTERS),
-                        help=f"comma-separated routers (default {','.join(ROUTERS)})")
+    routers = declared_routers()
+    parser.add_argument("--routers", type=csv(str), default=list(routers),
+                        help=f"comma-separated routers (default {','.join(routers)})")
     parser.add_argument("--capacities", type=csv(float), default=[0.125, 0.5],
                         help="comma-separated capacities C (default 0.125,0.5)")
     parser.add_argument("--score-impls", type=csv(str), default=None,

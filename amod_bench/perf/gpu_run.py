@@ -26,7 +26,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .variants import DENSE, ROUTERS, Variant, variants
+from amod_bench.provenance import git_commit
+
+from .variants import DENSE, Variant, declared_routers, variants
 
 SECTIONS = ("numerics", "train_eager", "train_compiled", "infer_paper_batch", "infer_max_batch", "memory_highres")
 RESULT_NAME = "gpu_perf"
@@ -39,7 +41,7 @@ class Plan:
 
     models: tuple[str, ...]  # eager training steps and inference, in this order
     goal_models: tuple[str, ...]  # compiled training steps (issue 22's goal)
-    routers: tuple[str, ...] = ROUTERS
+    routers: tuple[str, ...] = field(default_factory=declared_routers)
     capacities: tuple[float, ...] = (0.125, 0.5)
     score_impls: tuple[str, ...] = ("explicit", "chunked")  # amod and cls: each score path
     compile_routers: tuple[str, ...] = ("dense", "mod", "amod", "isoflop", "mod_tanh")  # priority order
@@ -127,16 +129,6 @@ def selected_sections(text: str) -> list[str]:
     return [name for name in SECTIONS if name in names]  # always in the planned order
 
 
-def _git_commit() -> Optional[str]:
-    import subprocess
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def run(args: argparse.Namespace, log=print) -> dict:
     """Run the selected sections; returns the result written to OUT/gpu_perf.json."""
     import torch
@@ -159,7 +151,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     ctx = S.Context(device=device, dtype_name="bfloat16", seed=args.seed, log=log)  # bf16 autocast on any device
     result = {"meta": {"command": args.command or " ".join(["python -m amod_bench.perf.gpu_run", *sys.argv[1:]]),
                        "mode": "smoke" if args.smoke else "full", "plan": dataclasses.asdict(plan),
-                       "sections_selected": names, "environment": environment(device), "git_commit": _git_commit(),
+                       "sections_selected": names, "environment": environment(device), "git_commit": git_commit(),
                        "methodology": METHODOLOGY + "; quartiles of the per-round values", "dtype": ctx.dtype_name,
                        "mem_measure": mem_measure(device)},
               "sections": {}, "rows": []}

@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 import os
 
-from .variants import ROUTERS, SCORED
+from amod_bench.routers.traits import router_colour, router_names
+
+from .variants import scored
 
 
 def finite_json(value):
@@ -93,6 +95,13 @@ def format_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _scored(router: str) -> bool:
+    """Whether a row's router times its score paths apart, read from the declarations now (a router
+    declared after perf was imported counts; one not declared in this process, e.g. in a JSON
+    written elsewhere, does not)."""
+    return router in router_names() and scored(router)
+
+
 def draw_ratio_axes(ax, points, title: str) -> None:
     """Time ratio to dense against FLOP ratio on `ax`, one marker per (row, mode), with the ideal y = x.
 
@@ -100,9 +109,6 @@ def draw_ratio_axes(ax, points, title: str) -> None:
     and `<mode>_time_ratio` (+ `_q1`/`_q3`, drawn as bars: the noise over rounds).
     Filled markers: training steps; hollow: inference.
     """
-    import matplotlib.pyplot as plt
-
-    colors = {name: plt.get_cmap("tab10")(i) for i, name in enumerate(ROUTERS)}
     ys = [r[f"{m}_time_ratio"] for r, m in points]
     xs = [r["flop_ratio"] for r, _ in points]
     hi = min(2.0, max([1.0] + ys + xs) * 1.05)
@@ -112,14 +118,14 @@ def draw_ratio_axes(ax, points, title: str) -> None:
     for r, mode in points:
         label = r["router"] if r["router"] not in seen else None
         seen.add(r["router"])
-        color = colors.get(r["router"], "k")
+        color = router_colour(r["router"])
         y, q1, q3 = r[f"{mode}_time_ratio"], r.get(f"{mode}_time_ratio_q1"), r.get(f"{mode}_time_ratio_q3")
         if q1 is not None and q3 is not None:
             ax.errorbar(r["flop_ratio"], y, yerr=[[max(0.0, y - q1)], [max(0.0, q3 - y)]], color=color, lw=0.8,
                         alpha=0.5, capsize=2)
         ax.scatter(r["flop_ratio"], y, s=46, marker="o" if mode == "train" else "^",
                    facecolor=color if mode == "train" else "none", edgecolor=color, label=label, zorder=3)
-        tag = f"{r['capacity']:g}" + (f" {r['score_impl'][:2]}" if r["router"] in SCORED else "")
+        tag = f"{r['capacity']:g}" + (f" {r['score_impl'][:2]}" if _scored(r["router"]) else "")
         ax.annotate(tag, (r["flop_ratio"], y), fontsize=6, xytext=(3, 2), textcoords="offset points")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)

@@ -39,14 +39,13 @@ import seaborn as sns  # noqa: E402
 
 from .accuracy import t_halfwidth  # noqa: E402
 from .convergence import TARGET_KEYS  # noqa: E402
-from amod_bench.routers.traits import router_names, router_traits, routers_in_display_order  # noqa: E402
+from amod_bench.routers.traits import router_colour as router_color, routers_in_display_order  # noqa: E402
 
 from .groups import at_compared_capacities, display_name, router_rank  # noqa: E402
 from .load import UNITS  # noqa: E402
 
-# the colours declared when the report is imported (the built-ins' seaborn "colorblind" hues)
+# the colours declared when the report is imported; only the tests still read it (use router_color)
 ROUTER_COLORS = {t.name: t.colour for t in routers_in_display_order() if t.colour}
-_SPARE_COLORS = ("#cc78bc", "#de8f05", "#fbafe4", "#ece133")  # routers declared without a colour
 X_UNITS = {  # convergence x axis -> (column, axis label)
     "epoch": ("epoch", "epochs"),
     "gmacs": ("train_gmacs", "training GMACs (cumulative)"),
@@ -54,12 +53,6 @@ X_UNITS = {  # convergence x axis -> (column, axis label)
 }
 UNIT_LABELS = {"epoch": "epochs", "step": "optimizer steps", "train_macs": "training MACs",
                "train_seconds": "wall-clock seconds"}
-
-
-def router_color(router: str) -> str:
-    """The router's declared colour, else a spare one picked from its name (stable across runs)."""
-    colour = router_traits(router).colour if router in router_names() else None
-    return colour or _SPARE_COLORS[sum(map(ord, router)) % len(_SPARE_COLORS)]
 
 
 def router_order(routers) -> list[str]:

@@ -109,6 +109,16 @@ def routers_in_display_order() -> list[RouterTraits]:
     return list(_DECLARED.values())
 
 
+_SPARE_COLOURS = ("#cc78bc", "#de8f05", "#fbafe4", "#ece133")  # routers declared without a colour
+
+
+def router_colour(name: str) -> str:
+    """The colour of `name` in every figure (report and perf): its declared colour, else a spare one
+    picked from its name (stable across runs; undeclared names too)."""
+    colour = _DECLARED[name].colour if name in _DECLARED else None
+    return colour or _SPARE_COLOURS[sum(map(ord, name)) % len(_SPARE_COLOURS)]
+
+
 _SCORE_OPTIONS = {"score_impl": Literal["explicit", "chunked"], "chunk_size": int}  # attention-scored routers
 
 # The built-ins, in the report's order; colours are seaborn "colorblind" hues.
