@@ -52,6 +52,8 @@ def test_declared_traits_match_the_router_class(name):
     assert list(traits.options) == keyword_only
     assert traits.reads_attention == (cls.attention_stat is not None)
     assert cls.routes == traits.routes and cls.__module__ == traits.module
+    has_parameters = any(True for _ in create_router(name, dim=64, num_heads=2).parameters())
+    assert traits.learns == has_parameters
 
 
 def test_router_traits_are_torch_free_and_declared_once():
@@ -66,6 +68,8 @@ def test_router_traits_are_torch_free_and_declared_once():
     assert declare_router(RouterTraits(**{**vars(amod), "options": dict(amod.options)})) == amod
     with pytest.raises(ValueError, match="already declared"):
         declare_router(RouterTraits(**{**vars(amod), "label": "other"}))
+    with pytest.raises(ValueError, match="learns needs routes=True"):
+        RouterTraits("parametric_dense", "nowhere", "x", routes=False, learns=True)
 
 
 @pytest.mark.parametrize("name", sorted(SUITE_ROUTERS))

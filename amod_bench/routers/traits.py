@@ -56,6 +56,7 @@ class RouterTraits:
     label: str  # display name in the report, e.g. "A-MoD"
     routes: bool  # False: a model variant that places no router (dense, isoflop)
     reads_attention: bool = False  # scores with the previous block's attention statistic
+    learns: bool = False  # has parameters of its own, trained from a fresh initialisation (mod, mod_tanh)
     truncate_to_match: Optional[str] = None  # isoflop: cut depth to match this router's FLOPs
     # keyword-only constructor options -> their type annotation (float, int, bool, Literal[...])
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -66,6 +67,8 @@ class RouterTraits:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))  # frozen all the way down
         if self.reads_attention and not self.routes:
             raise ValueError(f"router {self.name!r}: reads_attention needs routes=True")
+        if self.learns and not self.routes:
+            raise ValueError(f"router {self.name!r}: learns needs routes=True")
         if self.truncate_to_match is not None and self.routes:
             raise ValueError(f"router {self.name!r}: truncate_to_match is for variants with routes=False")
 
@@ -125,11 +128,11 @@ _SCORE_OPTIONS = {"score_impl": Literal["explicit", "chunked"], "chunk_size": in
 declare_router(RouterTraits("dense", "amod_bench.routers.dense", "dense", routes=False, colour="#333333"))
 declare_router(RouterTraits("isoflop", "amod_bench.routers.isoflop", "isoFLOP", routes=False,
                             truncate_to_match="mod", colour="#949494"))
-declare_router(RouterTraits("mod", "amod_bench.routers.mod", "MoD", routes=True, colour="#0173b2",
+declare_router(RouterTraits("mod", "amod_bench.routers.mod", "MoD", routes=True, learns=True, colour="#0173b2",
                             score_macs=linear_score_macs))
 declare_router(RouterTraits("amod", "amod_bench.routers.amod", "A-MoD", routes=True, reads_attention=True,
                             options=_SCORE_OPTIONS, colour="#d55e00", score_macs=received_score_macs))
-declare_router(RouterTraits("mod_tanh", "amod_bench.routers.mod_tanh", "MoD-tanh", routes=True,
+declare_router(RouterTraits("mod_tanh", "amod_bench.routers.mod_tanh", "MoD-tanh", routes=True, learns=True,
                             options={"alpha": float}, colour="#56b4e9", score_macs=linear_score_macs))
 declare_router(RouterTraits("random", "amod_bench.routers.random_topk", "random", routes=True,
                             options={"seed": int}, colour="#ca9161"))
