@@ -73,32 +73,33 @@ def main(args: argparse.Namespace) -> int:
 
 def plan_rows(cells) -> list[dict]:
     """One flat dict per cell with the plan's figures (the --json output)."""
-    from amod_bench.costs import cell_costs
+    from amod_bench.costs import CellCosts, cell_costs
 
     datasets: dict[str, object] = {}  # dataset_path -> Dataset, or None where it does not resolve here
-    costs: dict[str, dict] = {}
+    costs: dict[str, CellCosts] = {}
     stage_of = {cell.id: cell.stage for cell in cells}
     rows = []
     for cell in cells:
         c = cell.config
-        if c["dataset_path"] not in datasets:
-            datasets[c["dataset_path"]] = dataset_here(c["dataset_path"])
-        dataset = datasets[c["dataset_path"]]
+        if c.dataset_path not in datasets:
+            datasets[c.dataset_path] = dataset_here(c.dataset_path)
+        dataset = datasets[c.dataset_path]
         num_classes = dataset.num_classes if dataset is not None else None
         if num_classes is None:
             from amod_bench.models import model_config
 
-            num_classes = model_config(c["model"])["num_classes"]
-        arch = json.dumps([c[k] for k in ("model", "router", "capacity", "routed_layers", "cls_policy",
-                                          "img_size", "router_options")] + [num_classes], sort_keys=True)
+            num_classes = model_config(c.model)["num_classes"]
+        arch = json.dumps([c.model, c.router, c.capacity, c.routed_layers, c.cls_policy, c.recipe.img_size,
+                           c.router_options, num_classes], sort_keys=True)
         if arch not in costs:  # cell_costs caches parameter counts too; this skips the MAC math
             costs[arch] = cell_costs(c, num_classes=num_classes)
         rows.append(_row(cell, costs[arch], stage_of, dataset))
     return rows
 
 
-def _row(cell, cost: dict, stage_of: dict[str, str], dataset) -> dict:
+def _row(cell, cost, stage_of: dict[str, str], dataset) -> dict:
     from amod_bench.suite import dataset_short_name
+    from amod_bench.suite.cell import jsonable
 
     c = cell.config
 
@@ -106,23 +107,23 @@ def _row(cell, cost: dict, stage_of: dict[str, str], dataset) -> dict:
         return dataset.num_samples(split) if dataset is not None and split in dataset.splits else None
 
     notes = []
-    if c["select"] and c["select"]["param"] != "lr":
-        notes.append(f"{c['select']['param']} from {c['select']['stage']}")
-    if c["init_from"]:
-        notes.append(f"init from {stage_of.get(c['init_from'], c['init_from'])}")
-    elif c["pretrained"]:
-        notes.append(f"pretrained {c['pretrained']}")
+    if c.select and c.select.param != "lr":
+        notes.append(f"{c.select.param} from {c.select.stage}")
+    if c.init_from:
+        notes.append(f"init from {stage_of.get(c.init_from, c.init_from)}")
+    elif c.pretrained:
+        notes.append(f"pretrained {c.pretrained}")
     return {
-        "id": cell.id, "stage": cell.stage, "model": c["model"], "router": c["router"],
-        "capacity": c["capacity"], "routed_layers": c["routed_layers"], "cls_policy": c["cls_policy"],
-        "dataset": c["dataset"], "dataset_short": dataset_short_name(c["dataset"]), "seed": c["seed"],
-        "lr": c["lr"], "epochs": c["epochs"], "batch_size": c["batch_size"],
-        "select": ({"stage": c["select"]["stage"], "param": c["select"]["param"]} if c["select"] else None),
-        "init_from": c["init_from"], "pretrained": c["pretrained"],
-        "params": cost["params"], "gmacs": cost["gmacs"], "flop_ratio": cost["flop_ratio_dense"],
-        "train_macs_per_sample": cost["train_macs_per_sample"],
-        "img_size": cost["img_size"], "num_classes": cost["num_classes"],
-        "train_samples": samples("train"), "eval_samples": samples(c["eval_split"]),
+        "id": cell.id, "stage": cell.stage, "model": c.model, "router": c.router,
+        "capacity": c.capacity, "routed_layers": jsonable(c.routed_layers), "cls_policy": c.cls_policy,
+        "dataset": c.dataset, "dataset_short": dataset_short_name(c.dataset), "seed": c.seed,
+        "lr": c.recipe.lr, "epochs": c.recipe.epochs, "batch_size": c.recipe.batch_size,
+        "select": {"stage": c.select.stage, "param": c.select.param} if c.select else None,
+        "init_from": c.init_from, "pretrained": c.pretrained,
+        "params": cost.params, "gmacs": cost.gmacs, "flop_ratio": cost.flop_ratio_dense,
+        "train_macs_per_sample": cost.train_macs_per_sample,
+        "img_size": cost.img_size, "num_classes": cost.num_classes,
+        "train_samples": samples("train"), "eval_samples": samples(c.recipe.eval_split),
         "notes": ", ".join(notes),
     }
 

@@ -1,9 +1,9 @@
 """The training loop every cell runs, on every Ray Train worker.
 
-`train_loop_per_worker(config)` reads top to bottom: data -> model -> optimizer
--> resume -> (eval, checkpoint, report) / train steps -> stop. It knows Ray
-Train (rank, DDP, checkpoints, `ray.train.report`) and nothing of Tune, suites
-or result files: the runner turns each report into result rows.
+`train_loop_per_worker({"run": CellRun})` reads top to bottom: data -> model ->
+optimizer -> resume -> (eval, checkpoint, report) / train steps -> stop. It knows
+Ray Train (rank, DDP, checkpoints, `ray.train.report`) and nothing of Tune, suite
+files or result files: the runner turns each report into result rows.
 
 Each evaluation reports one row (keys in docs/ARCHITECTURE.md) together with a
 checkpoint, so a restarted worker group resumes exactly at the last reported
@@ -12,22 +12,41 @@ ends the cell with a final row whose `status` is `diverged`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from amod_bench import provenance
+from amod_bench.costs import CellCosts
+from amod_bench.suite import CellConfig, Recipe
 
 CHECKPOINT_WEIGHTS = "model.safetensors"   # timm state-dict keys: loadable by build_model(pretrained=...)
 CHECKPOINT_STATE = "train_state.pt"        # optimizer + counters; loaded with weights_only=True
 DIVERGENCE_CHECK_EVERY = 10                # steps between loss checks: each one is a device sync
+
+
+@dataclass(frozen=True)
+class CellRun:
+    """What one cell trains: the suite's config, its costs, and what only the run knows."""
+
+    config: CellConfig
+    costs: CellCosts
+    init_weights: str | Callable[[], str] | None = None  # "timm", a weights file, or (prestart) a call that waits for the parent's
+    picked: dict = field(default_factory=dict)  # a search's pick: recipe field -> value (select stages)
+
+    @property
+    def recipe(self) -> Recipe:
+        return dataclasses.replace(self.config.recipe, **self.picked)
 
 
 def get_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, schedule: str) -> float:
@@ -40,16 +59,16 @@ def get_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, sched
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_optimizer(model: torch.nn.Module, config: dict) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     # timm's grouping: no weight decay on norms, biases, position embeddings and the CLS token.
     from timm.optim import param_groups_weight_decay
 
-    groups = param_groups_weight_decay(model, weight_decay=config["weight_decay"])
-    if config["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=config["lr"], momentum=config["momentum"])
+    groups = param_groups_weight_decay(model, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
     # fused: one kernel for all parameters instead of ~10 per tensor, the same update to
     # rounding; a small ViT's step on the CPU is mostly that overhead (see docs/DECISIONS.md)
-    return torch.optim.AdamW(groups, lr=config["lr"], fused=True)
+    return torch.optim.AdamW(groups, lr=recipe.lr, fused=True)
 
 
 @torch.no_grad()
@@ -129,60 +148,62 @@ def _maybe_inject_fault(step: int, rank: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
     from amod_bench.data import EpochLoaders, ReplayedBatches, ShardCache, eval_loader, open_dataset, train_loader
     from amod_bench.models import build_model
 
+    run: CellRun = loop_config["run"]
+    config, recipe, costs = run.config, run.recipe, run.costs
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    torch.manual_seed(config["seed"])
+    torch.manual_seed(config.seed)
     hardware = provenance.hardware(device, world_size)
 
     # ---- data
-    dataset = open_dataset(config["dataset_path"])
-    if config["batch_size"] % world_size:
-        raise ValueError(f"batch_size {config['batch_size']} is not divisible by {world_size} workers")
-    batch_per_rank = config["batch_size"] // world_size
-    loader_args = dict(batch_size=batch_per_rank, img_size=config["img_size"], mean=config["mean"],
-                       std=config["std"], rank=rank, world_size=world_size,
-                       num_workers=config["num_loader_workers"], on_error=config["on_error"])
+    dataset = open_dataset(config.dataset_path)
+    if recipe.batch_size % world_size:
+        raise ValueError(f"batch_size {recipe.batch_size} is not divisible by {world_size} workers")
+    batch_per_rank = recipe.batch_size // world_size
+    loader_args = dict(batch_size=batch_per_rank, img_size=costs.img_size, mean=list(costs.mean),
+                       std=list(costs.std), rank=rank, world_size=world_size,
+                       num_workers=recipe.num_loader_workers, on_error=recipe.on_error)
 
     # small splits stay in memory: the raw training shards (read again every epoch) and the
     # evaluation batches (identical at every evaluation)
-    cache_bytes = int(config["resources"]["data_cache_mb"] * 2 ** 20)
-    shard_cache = ShardCache(cache_bytes) if config["num_loader_workers"] == 0 else None
+    cache_bytes = int(config.resources.data_cache_mb * 2 ** 20)
+    shard_cache = ShardCache(cache_bytes) if recipe.num_loader_workers == 0 else None
 
     def epoch_batches(epoch: int):
-        return train_loader(dataset, split="train", seed=config["seed"], epoch=epoch,
-                            augment=config["augment"], shard_cache=shard_cache, **loader_args)
+        return train_loader(dataset, split="train", seed=config.seed, epoch=epoch,
+                            augment=recipe.augment.chosen(), shard_cache=shard_cache, **loader_args)
 
-    val_batches = ReplayedBatches(eval_loader(dataset, split=config["eval_split"], **loader_args), cache_bytes)
+    val_batches = ReplayedBatches(eval_loader(dataset, split=recipe.eval_split, **loader_args), cache_bytes)
     steps_per_epoch = len(epoch_batches(0))
     if steps_per_epoch == 0:
-        raise ValueError(f"{config['dataset']}: fewer training samples than one global batch "
-                         f"({config['batch_size']})")
-    total_steps = round(config["epochs"] * steps_per_epoch)
-    warmup_steps = round(config["warmup_epochs"] * steps_per_epoch)
-    eval_every = max(1, round(config["eval_every"] * steps_per_epoch))
-    macs_per_step = config["train_macs_per_sample"] * config["batch_size"]
+        raise ValueError(f"{config.dataset}: fewer training samples than one global batch "
+                         f"({recipe.batch_size})")
+    total_steps = round(recipe.epochs * steps_per_epoch)
+    warmup_steps = round(recipe.warmup_epochs * steps_per_epoch)
+    eval_every = max(1, round(recipe.eval_every * steps_per_epoch))
+    macs_per_step = costs.train_macs_per_sample * recipe.batch_size
     epoch_loaders = EpochLoaders(epoch_batches, last_epoch=math.ceil(total_steps / steps_per_epoch) - 1)
 
     # ---- model and optimizer; an earlier stage's checkpoint or a timm checkpoint seeds the weights
-    init_weights = config["init_weights"]
+    init_weights = run.init_weights
     if callable(init_weights):  # a checkpoint still in training: this call waits for it
         init_weights = init_weights()
-    model = build_model(config["model"], router=config["router"], capacity=config["capacity"],
-                        routed_layers=config["routed_layers"], cls_policy=config["cls_policy"],
-                        num_classes=dataset.num_classes, img_size=config["img_size"],
-                        pretrained=init_weights, drop_path_rate=config["drop_path"],
-                        **config["router_options"])
+    model = build_model(config.model, router=config.router, capacity=config.capacity,
+                        routed_layers=config.routed_layers, cls_policy=config.cls_policy,
+                        num_classes=dataset.num_classes, img_size=costs.img_size,
+                        pretrained=init_weights, drop_path_rate=recipe.drop_path,
+                        **config.router_options)
     model = ray.train.torch.prepare_model(model)
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(model, recipe)
 
     # ---- resume after a worker failure or an interrupted suite
     state = {"step": 0, "samples": 0, "train_seconds": 0.0, "eval_seconds": 0.0, "train_macs": 0, "skipped": 0}
@@ -205,7 +226,7 @@ def train_loop_per_worker(config: dict) -> None:
         row = {"step": state["step"], "epoch": state["step"] / steps_per_epoch,
                "samples": state["samples"], "train_macs": state["train_macs"],
                "train_seconds": state["train_seconds"], "skipped": state["skipped"],
-               "lr": get_lr(state["step"], total_steps, warmup_steps, config["lr"], config["schedule"]),
+               "lr": get_lr(state["step"], total_steps, warmup_steps, recipe.lr, recipe.schedule),
                "train_loss": train_loss, "status": "running", "hardware": hardware}
         row.update(evaluate(model, val_batches, device, autocast))
         train_skipped = torch.tensor(float(state["skipped"]), device=device)
@@ -234,18 +255,18 @@ def train_loop_per_worker(config: dict) -> None:
             step = state["step"]
             _maybe_inject_fault(step, rank)
             for group in optimizer.param_groups:
-                group["lr"] = get_lr(step, total_steps, warmup_steps, config["lr"], config["schedule"])
+                group["lr"] = get_lr(step, total_steps, warmup_steps, recipe.lr, recipe.schedule)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast:
-                loss = F.cross_entropy(model(images), labels, label_smoothing=config["label_smoothing"])
+                loss = F.cross_entropy(model(images), labels, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if config["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+            if recipe.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
             optimizer.step()
 
             state["step"] += 1
-            state["samples"] += config["batch_size"]
+            state["samples"] += recipe.batch_size
             state["train_macs"] += macs_per_step
             state["skipped"] += int(skipped)
             loss_sum += loss.detach().float()

@@ -3,6 +3,7 @@ package is then costed, built, benchmarked, drawn in the report and accepted by 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import sys
@@ -14,6 +15,7 @@ import torch
 
 from amod_bench.routers import RouterTraits, declare_router, list_routers
 from amod_bench.routers.traits import linear_score_macs
+import cell_configs
 from fixtures_report import Cell, write_suite
 
 MODEL = "vit_nano_patch7_28"  # 17 tokens, width 64, depth 6: blocks 1, 3, 5 route
@@ -62,12 +64,11 @@ def test_costed(toy):
     macs = flops.count_macs(MODEL, router="toy", capacity=0.5)
     assert macs.router == 3 * 17 * 64  # its declared score cost, N d per routed block
     assert macs.routed_blocks == 3 * flops.block_macs(8, 64, 256)
-    config = dict(model=MODEL, router="toy", capacity=0.5, routed_layers="every_other", cls_policy="compete",
-                  router_options={"p": 1.0})
-    cell = costs.cell_costs(config, num_classes=10)
-    assert cell["gmacs"] == macs.total / 1e9 and cell["flop_ratio_dense"] < 1
-    dense = costs.cell_costs(dict(config, router="dense", router_options={}), num_classes=10)
-    assert cell["params"] == dense["params"]  # a parameter-free router
+    config = cell_configs.cell("toy-x", model=MODEL, router="toy", capacity=0.5, router_options={"p": 1.0}).config
+    toy_costs = costs.cell_costs(config, num_classes=10)
+    assert toy_costs.gmacs == macs.total / 1e9 and toy_costs.flop_ratio_dense < 1
+    dense = costs.cell_costs(dataclasses.replace(config, router="dense", router_options={}), num_classes=10)
+    assert toy_costs.params == dense.params  # a parameter-free router
 
 
 def test_built(toy):
@@ -114,7 +115,7 @@ def test_drawn_in_the_report(toy, tmp_path):
     assert "| 0.5 | Toy vs MoD |" in (tmp_path / "report" / "index.md").read_text()
 
     res = load_results(root)
-    cells, _, _ = add_variant_columns(res.cells, res.config_keys)
+    cells, _, _ = add_variant_columns(res.cells)
     speed = convergence.speedups(convergence.times_to_target(cells, res.evals), n_boot=50, seed=0)
     effects = verdict.effects(cells, zero_shot.step0_top1(cells, res.evals), speed)
     fig = figures.forest_figure(effects, verdict.MEASURES)

@@ -7,7 +7,7 @@ import pytest
 
 from amod_bench.results import ResultsFolder
 from amod_bench.runner.planning import RunError, choose_cells
-from amod_bench.suite import Cell
+from cell_configs import cell
 
 DAMAGED_SUMMARIES = [
     ("truncated JSON", b'{"status": "done", "best_top1": 91.'),
@@ -15,10 +15,6 @@ DAMAGED_SUMMARIES = [
     ("not an object", b'["done"]'),
     ("no status", b'{"best_top1": 91.0}'),
 ]
-
-
-def cell(cell_id: str, init_from: str | None = None) -> Cell:
-    return Cell(id=cell_id, stage=cell_id.split("-")[0], config={"init_from": init_from, "select": None})
 
 
 @pytest.fixture

@@ -100,7 +100,7 @@ def test_diverging_cell_is_flagged_while_its_sibling_finishes(ray_cluster, tmp_p
         """)
     statuses = run_suite(path)
     results, cells = cells_of(path)
-    by_lr = {c.config["lr"]: c.id for c in cells}
+    by_lr = {c.config.recipe.lr: c.id for c in cells}
     assert statuses[by_lr[0.01]] == "done"
     assert statuses[by_lr[1e12]] == "diverged"
     diverged = results.cell(by_lr[1e12]).read_summary()

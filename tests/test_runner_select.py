@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from types import SimpleNamespace
+
 from amod_bench.runner.inputs import dependencies, select_value
 from amod_bench.runner.planning import RunError, choose_cells, concurrency, launch_order
 from amod_bench.results import ResultsFolder
-from amod_bench.suite import Cell
+from amod_bench.suite import Cell, Recipe, Resources, SearchChoice
+from cell_configs import cell
 
-SELECT = {"stage": "search", "param": "lr", "metric": "best_top1",
-          "cells": ["a1", "a2", "b1", "b2", "c1"], "values": [1e-5, 1e-5, 1e-4, 1e-4, 1e-3]}
+SELECT = SearchChoice(stage="search", param="lr", by=("router",), metric="best_top1",
+                      cells=("a1", "a2", "b1", "b2", "c1"), values=(1e-5, 1e-5, 1e-4, 1e-4, 1e-3))
 
 
 def summary(status: str, top1: float | None) -> dict:
@@ -25,14 +28,14 @@ def test_select_takes_the_best_mean_over_seeds_of_finished_cells():
 
 
 def test_select_without_any_finished_search_cell_fails_clearly():
-    summaries = {cid: summary("failed", None) for cid in SELECT["cells"]}
+    summaries = {cid: summary("failed", None) for cid in SELECT.cells}
     with pytest.raises(RuntimeError, match="nothing to select"):
         select_value(SELECT, summaries)
 
 
 def test_dependencies_and_filter_refuse_a_cell_whose_parent_is_neither_done_nor_selected(tmp_path):
-    parent = Cell("pretrain-x", "pretrain", {"init_from": None, "select": None})
-    child = Cell("finetune-x", "finetune", {"init_from": "pretrain-x", "select": None})
+    parent = cell("pretrain-x", "pretrain")
+    child = cell("finetune-x", "finetune", init_from="pretrain-x")
     assert dependencies(child.config) == ["pretrain-x"]
     results = ResultsFolder(tmp_path)
     with pytest.raises(RunError, match="needs pretrain-x"):
@@ -42,19 +45,22 @@ def test_dependencies_and_filter_refuse_a_cell_whose_parent_is_neither_done_nor_
 
 
 def test_launch_order_keeps_stages_in_order_and_starts_the_costliest_cells_of_each_first():
-    def cell(name: str, stage: str, macs: int, epochs: float = 5) -> Cell:
-        return Cell(name, stage, {"train_macs_per_sample": macs, "epochs": epochs})
+    costs = {}
 
-    cells = [cell("pre", "pretrain", 10), cell("cheap", "finetune", 5), cell("dense-a", "finetune", 20),
-             cell("dense-b", "finetune", 20), cell("mid", "finetune", 12), cell("long", "finetune", 5, epochs=40),
-             cell("last", "eval", 100)]
+    def costly(name: str, stage: str, macs: int, epochs: float = 5) -> Cell:
+        costs[name] = SimpleNamespace(train_macs_per_sample=macs)
+        return cell(name, stage, recipe=Recipe(epochs=epochs))
+
+    cells = [costly("pre", "pretrain", 10), costly("cheap", "finetune", 5), costly("dense-a", "finetune", 20),
+             costly("dense-b", "finetune", 20), costly("mid", "finetune", 12),
+             costly("long", "finetune", 5, epochs=40), costly("last", "eval", 100)]
     # a later stage never jumps ahead (its cells would wait on earlier ones in a slot); equal
     # costs keep the plan's order; epochs count, not only the MACs per sample
-    assert [c.id for c in launch_order(cells)] == ["pre", "long", "dense-a", "dense-b", "mid", "cheap", "last"]
+    assert [c.id for c in launch_order(cells, costs)] == ["pre", "long", "dense-a", "dense-b", "mid", "cheap", "last"]
 
 
 def _cell(name: str, workers: int, cpus: float, gpus: float = 0) -> Cell:
-    return Cell(name, "s", {"resources": {"workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus}})
+    return cell(name, "s", resources=Resources(workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus))
 
 
 def test_concurrency_counts_the_smallest_cell_so_a_big_pretrain_does_not_serialise_the_rest():

@@ -221,7 +221,7 @@ def test_router_options_are_checked_against_their_declared_types_and_kept_as_wri
         ("defaults.router_options.amod.chunk_size", "expected an integer, got float 1.5")}
     cells = expand(load_text(tmp_path, text.replace("seed: '3'", "seed: 3").replace("chunk_size: 1.5", "chunk_size: 64")))
     # an int where a float goes is accepted, and kept as written: the id hashes what the suite says
-    assert next(c for c in cells if c.config["router"] == "mod_tanh").config["router_options"] == {"alpha": 1}
+    assert next(c for c in cells if c.config.router == "mod_tanh").config.router_options == {"alpha": 1}
 
 
 def test_override_problems_point_at_the_set_argument(tmp_path):
@@ -253,8 +253,8 @@ def test_valid_fixture_expands_in_stage_order(tmp_path):
     assert len(by_stage(cells, "transfer")) == 2 * 2
     assert len({c.id for c in cells}) == len(cells)
     for cell in cells:
-        assert cell.id == cell.config["id"]
-        assert tuple(cell.config) == S.CONFIG_KEYS
+        assert cell.id == cell.config.id
+        assert tuple(cell.config.to_json()) == (*S.CONFIG_KEYS, "axes")
     assert suite.max_concurrent == 2
 
 
@@ -262,17 +262,17 @@ def test_ignore_rule_collapses_dense_and_can_be_overridden(tmp_path):
     text = BASE_HEAD + "stages:\n  - name: a\n    grid: {router: [dense, isoflop, mod], capacity: [0.25, 0.5], " \
                        "cls_policy: [compete, keep]}\n"
     cells = expand(load_text(tmp_path, text))
-    dense = [c for c in cells if c.config["router"] == "dense"]
+    dense = [c for c in cells if c.config.router == "dense"]
     assert len(dense) == 1
-    assert (dense[0].config["capacity"], dense[0].config["routed_layers"], dense[0].config["cls_policy"]) == \
+    assert (dense[0].config.capacity, dense[0].config.to_json()["routed_layers"], dense[0].config.cls_policy) == \
         (1.0, "every_other", "compete")
-    assert len([c for c in cells if c.config["router"] == "isoflop"]) == 4  # isoflop depends on capacity
+    assert len([c for c in cells if c.config.router == "isoflop"]) == 4  # isoflop depends on capacity
     assert len(cells) == 1 + 4 + 4
 
     text2 = text + "    ignore: {dense: [], isoflop: [cls_policy]}\n"
     cells = expand(load_text(tmp_path, text2))
-    assert len([c for c in cells if c.config["router"] == "dense"]) == 4
-    assert len([c for c in cells if c.config["router"] == "isoflop"]) == 2
+    assert len([c for c in cells if c.config.router == "dense"]) == 4
+    assert len([c for c in cells if c.config.router == "isoflop"]) == 2
 
 
 def test_include_takes_every_grid_value_of_axes_it_does_not_name(tmp_path):
@@ -280,9 +280,9 @@ def test_include_takes_every_grid_value_of_axes_it_does_not_name(tmp_path):
                         "    include:\n      - {router: amod, capacity: [0.25, 0.75], seed: 7}\n"
                         "      - {router: random, capacity: 0.5}\n")
     cells = expand(load_text(tmp_path, text))
-    amod = sorted((c.config["capacity"], c.config["seed"]) for c in cells if c.config["router"] == "amod")
+    amod = sorted((c.config.capacity, c.config.seed) for c in cells if c.config.router == "amod")
     assert amod == [(0.25, 7), (0.75, 7)]
-    assert sorted(c.config["seed"] for c in cells if c.config["router"] == "random") == [0, 1, 2]
+    assert sorted(c.config.seed for c in cells if c.config.router == "random") == [0, 1, 2]
     assert len(cells) == 3 + 2 + 3
 
 
@@ -290,8 +290,8 @@ def test_recipe_axis_and_scalar_forms(tmp_path):
     text = BASE_HEAD + ("stages:\n  - name: a\n    grid:\n      router: dense\n      lr: [1e-4, 3.0e-4]\n"
                         "      weight_decay: 0\n      routed_layers: [1, 3]\n")
     cells = expand(load_text(tmp_path, text))
-    assert [c.config["lr"] for c in cells] == [1e-4, 3e-4]  # 1e-4 is a number, not a string
-    assert all(c.config["weight_decay"] == 0.0 for c in cells)
+    assert [c.config.recipe.lr for c in cells] == [1e-4, 3e-4]  # 1e-4 is a number, not a string
+    assert all(c.config.recipe.weight_decay == 0.0 for c in cells)
     assert "-lr0.0001-" in cells[0].id and "-weight_decay0-" in cells[0].id
 
 
@@ -299,7 +299,7 @@ def test_routed_layers_list_of_specs_is_an_axis(tmp_path):
     text = BASE_HEAD + ("stages:\n  - name: a\n    grid:\n      router: mod\n      capacity: 0.5\n"
                         "      routed_layers: [every_other, 'last:2', [1, 3]]\n")
     cells = expand(load_text(tmp_path, text))
-    assert [c.config["routed_layers"] for c in cells] == ["every_other", "last:2", [1, 3]]
+    assert [c.config.to_json()["routed_layers"] for c in cells] == ["every_other", "last:2", [1, 3]]
     assert "-rl-last_2-" in cells[1].id and "-rl-1.3-" in cells[2].id
 
 
@@ -316,9 +316,9 @@ def test_ids_are_stable_across_loads_and_working_directories(tmp_path, monkeypat
     monkeypatch.chdir(other)
     moved = expand(load_suite(str(tmp_path / "suite.yaml"), check_data=False))
     assert [c.id for c in moved] == [c.id for c in first]
-    transfer = by_stage(first, "transfer")[0].config
+    transfer = by_stage(first, "transfer")[0].config.to_json()
     assert transfer["dataset"] == "data/flowers" and transfer["dataset_path"] == str(folder)
-    assert by_stage(moved, "transfer")[0].config["dataset_path"] == str(other / "data" / "flowers")
+    assert by_stage(moved, "transfer")[0].config.dataset_path == str(other / "data" / "flowers")
 
 
 def test_what_changes_an_id(tmp_path):
@@ -336,27 +336,27 @@ def test_what_changes_an_id(tmp_path):
     # another search lr: the lr=1e-3 search cells keep their ids; the main cells that select
     # among other candidates change, and so do the transfer cells that start from them
     kept = set(ids("stages.search.grid.lr=[1e-3, 1e-2]")) & set(base)
-    assert kept == {i for i, c in base.items() if c.stage == "search" and c.config["lr"] == 1e-3}
+    assert kept == {i for i, c in base.items() if c.stage == "search" and c.config.recipe.lr == 1e-3}
 
 
 def test_init_from_points_at_the_matching_cell(tmp_path):
     cells = expand(load_text(tmp_path, VALID))
     main = {c.id: c.config for c in by_stage(cells, "main")}
     for cell in by_stage(cells, "transfer"):
-        source = main[cell.config["init_from"]]
+        source = main[cell.config.init_from]
         for key in ("model", "router", "capacity", "cls_policy", "seed"):
-            assert source[key] == cell.config[key]
-    assert all(c.config["init_from"] is None for c in cells if c.stage != "transfer")
+            assert getattr(source, key) == getattr(cell.config, key)
+    assert all(c.config.init_from is None for c in cells if c.stage != "transfer")
 
 
 def test_select_leaves_a_marker_with_the_candidate_cells(tmp_path):
     cells = expand(load_text(tmp_path, VALID))
-    search = {c.id: c.config for c in by_stage(cells, "search")}
+    search = {c.id: c.config.to_json() for c in by_stage(cells, "search")}
     for cell in by_stage(cells, "main"):
-        marker = cell.config["select"]
-        assert cell.config["lr"] is None
+        marker = cell.config.to_json()["select"]
+        assert cell.config.recipe.lr is None
         assert marker["stage"] == "search" and marker["param"] == "lr" and marker["metric"] == "best_top1"
-        assert marker["cells"] and all(search[i]["router"] == cell.config["router"] for i in marker["cells"])
+        assert marker["cells"] and all(search[i]["router"] == cell.config.router for i in marker["cells"])
         assert marker["values"] == [search[i]["lr"] for i in marker["cells"]]
     # a router left out of the search has nothing to select from
     text = VALID.replace("router: [dense, isoflop, amod, mod_tanh]", "router: [dense, amod, mod_tanh]", 1)
@@ -366,7 +366,7 @@ def test_select_leaves_a_marker_with_the_candidate_cells(tmp_path):
 
 def test_cell_config_paths_and_defaults(tmp_path):
     suite = load_text(tmp_path, VALID, base_dir=str(tmp_path))
-    config = expand(suite)[0].config
+    config = expand(suite)[0].config.to_json()
     assert config["output"] == str(tmp_path / "results" / "tiny") == suite.output
     assert config["storage"] == os.path.join(suite.output, "ray")
     assert config["dataset_path"] == "bundled:digits"
@@ -375,8 +375,8 @@ def test_cell_config_paths_and_defaults(tmp_path):
                                    "max_failures": 0, "checkpoints_to_keep": 1, "data_cache_mb": 256.0,
                                    "prestart": False}
     assert config["targets"] == {"within_peak_pct": 2.0, "top1": None}
-    mod_tanh = next(c for c in expand(suite) if c.config["router"] == "mod_tanh")
-    assert mod_tanh.config["router_options"] == {"alpha": 0.5}
+    mod_tanh = next(c for c in expand(suite) if c.config.router == "mod_tanh")
+    assert mod_tanh.config.to_json()["router_options"] == {"alpha": 0.5}
 
 
 def test_overrides_apply_before_validation(tmp_path):
@@ -384,9 +384,9 @@ def test_overrides_apply_before_validation(tmp_path):
     suite = load_suite(file, overrides=["defaults.recipe.epochs=5", "stages.main.grid.seed=[0, 1, 2]",
                                         "stages.2.recipe.augment.hflip=true"])
     cells = expand(suite)
-    assert all(c.config["epochs"] == 5.0 for c in cells)
-    assert {c.config["seed"] for c in by_stage(cells, "main")} == {0, 1, 2}
-    assert all(c.config["augment"] == {"hflip": True} for c in by_stage(cells, "transfer"))
+    assert all(c.config.recipe.epochs == 5.0 for c in cells)
+    assert {c.config.seed for c in by_stage(cells, "main")} == {0, 1, 2}
+    assert all(c.config.to_json()["augment"] == {"hflip": True} for c in by_stage(cells, "transfer"))
 
 
 def test_plan_mode_tolerates_missing_data(tmp_path):
@@ -405,7 +405,7 @@ def test_docstring_example_is_a_valid_suite(tmp_path):
     suite = load_text(tmp_path, example, check_data=False)
     cells = expand(suite)
     assert {c.stage for c in cells} == {"search", "main", "transfer"}
-    assert all(c.config["init_from"] for c in by_stage(cells, "transfer"))
+    assert all(c.config.init_from for c in by_stage(cells, "transfer"))
 
 
 def test_schema_fields_carry_a_comment(tmp_path):
@@ -501,11 +501,11 @@ def test_override_shadowed_by_some_stages_applies_to_the_others(tmp_path):
     text = BASE_HEAD + ("stages:\n  - name: a\n    grid: {router: dense}\n    recipe: {epochs: 3}\n"
                         "  - name: b\n    grid: {router: dense}\n")
     suite = load_text(tmp_path, text, overrides=["defaults.recipe.epochs=5"])
-    assert {c.stage: c.config["epochs"] for c in expand(suite)} == {"a": 3.0, "b": 5.0}
+    assert {c.stage: c.config.recipe.epochs for c in expand(suite)} == {"a": 3.0, "b": 5.0}
     # a mapping override merges key by key: shadowed only where every key of it is
     suite = load_text(tmp_path, text.replace("{epochs: 3}", "{epochs: 3, lr: 0.1}"),
                       overrides=["defaults.recipe={epochs: 4, lr: 0.2}"])
-    assert {c.stage: c.config["epochs"] for c in expand(suite)} == {"a": 3.0, "b": 4.0}
+    assert {c.stage: c.config.recipe.epochs for c in expand(suite)} == {"a": 3.0, "b": 4.0}
     with pytest.raises(SuiteError, match="every stage sets grid.seed itself"):
         load_text(tmp_path, text.replace("grid: {router: dense}", "grid: {router: dense, seed: 1}"),
                   overrides=["defaults.grid.seed=[0, 1]"])

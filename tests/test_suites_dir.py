@@ -104,7 +104,7 @@ def test_transfer_grid_has_every_arm_with_three_seeds(planned):
     assert all(sorted(seeds) == [0, 1, 2] for seeds in arms.values())
     assert len(rows) == 4 * 3 * 9 * 3
     for cell in cells:  # the paper's transfer recipe, from the dense ImageNet checkpoint
-        c = cell.config
+        c = cell.config.to_json()
         assert (c["optimizer"], c["lr"], c["batch_size"], c["epochs"], c["schedule"]) == ("sgd", 0.01, 64, 200, "cosine")
         assert c["pretrained"] == "timm" and c["img_size"] == 224 and c["eval_split"] == "val"
         assert (c["routed_layers"], c["cls_policy"]) == ("every_other", "compete")
@@ -186,7 +186,7 @@ def test_imagenet_is_the_paper_recipe(planned):
         got = {(router, c) for (m, _, router, c) in arms if m == model}
         assert got == {("dense", 1.0)} | {(r, c) for r in ("isoflop", *ROUTED) for c in (0.125, 0.5)}, model
     for cell in cells:
-        c = cell.config
+        c = cell.config.to_json()
         assert (c["optimizer"], c["lr"], c["batch_size"], c["epochs"], c["schedule"]) == ("adamw", 1e-5, 128, 100, "cosine")
         assert 0 < c["warmup_epochs"] < c["epochs"] and c["pretrained"] == "timm"
         assert os.path.basename(c["dataset"]) == "imagenet" and c["eval_split"] == "val"
@@ -198,19 +198,19 @@ def test_lr_sweep_selects_per_router_on_heldout(planned):
     search = [c for c in cells if c.stage == "search"]
     main = [c for c in cells if c.stage == "main"]
     assert search and main and len(search) + len(main) == len(cells)
-    lrs = {c.config["lr"] for c in search}
+    lrs = {c.config.recipe.lr for c in search}
     assert {1e-5, 1e-4} <= lrs and len(lrs) >= 3  # the paper's lr and the one that helped MoD
-    assert all(c.config["eval_split"] == "heldout" for c in search)
+    assert all(c.config.recipe.eval_split == "heldout" for c in search)
     key = ("model", "router", "capacity", "dataset")
     for cell in main:
-        c = cell.config
+        c = cell.config.to_json()
         assert c["eval_split"] == "val" and c["lr"] is None
         assert c["select"]["stage"] == "search" and c["select"]["param"] == "lr"
         assert tuple(c["select"]["by"]) == key
         assert sorted(c["select"]["values"]) == sorted(lrs)  # one search cell per lr, same arm
     groups = defaultdict(set)
     for cell in main:
-        groups[tuple(cell.config[k] for k in key)].add(cell.config["seed"])
+        groups[tuple(getattr(cell.config, k) for k in key)].add(cell.config.seed)
     assert {r["router"] for r in rows if r["stage"] == "main"} == {"dense", "isoflop", *ROUTED}
     assert all(seeds == {0, 1, 2} for seeds in groups.values())
 

@@ -1,30 +1,32 @@
-"""A cell's run-time inputs: the cells it waits for, and the config values known only once they
-have finished (the initial weights, a search's pick), read from their summaries on the board."""
+"""A cell's run-time inputs: the cells it waits for, and what is known only once they have
+finished (the initial weights, a search's pick), read from their summaries on the board."""
 from __future__ import annotations
 
 import os
 
+from amod_bench.suite import CellConfig, SearchChoice
+
 from .board import BOARD_WAIT_SECONDS
 
 
-def dependencies(config: dict) -> list[str]:
+def dependencies(config: CellConfig) -> list[str]:
     """Cell ids a cell must wait for: its init_from cell and the cells of a search it selects from."""
-    deps = [config["init_from"]] if config.get("init_from") else []
-    if config.get("select"):
-        deps += config["select"]["cells"]
+    deps = [config.init_from] if config.init_from else []
+    if config.select:
+        deps += config.select.cells
     return deps
 
 
-def select_value(select: dict, summaries: dict) -> object:
+def select_value(select: SearchChoice, summaries: dict) -> object:
     """The search stage's winner: the value of `select.param` with the best mean `select.metric`
     over the search cells that finished (ties go to the first value listed)."""
     scores: dict = {}
-    for cid, value in zip(select["cells"], select["values"]):
+    for cid, value in zip(select.cells, select.values):
         summary = summaries[cid]
-        if summary and summary["status"] == "done" and summary.get(select["metric"]) is not None:
-            scores.setdefault(value, []).append(summary[select["metric"]])
+        if summary and summary["status"] == "done" and summary.get(select.metric) is not None:
+            scores.setdefault(value, []).append(summary[select.metric])
     if not scores:
-        raise RuntimeError(f"no cell of the search over {select['param']} finished: nothing to select")
+        raise RuntimeError(f"no cell of the search over {select.param} finished: nothing to select")
     return max(scores, key=lambda v: sum(scores[v]) / len(scores[v]))
 
 
@@ -59,12 +61,12 @@ class ParentWeights:
         return parent_weights(self.parent_id, await_cells(self.board, [self.parent_id])[self.parent_id])
 
 
-def resolved_inputs(config: dict, summaries: dict) -> dict:
-    """The config values known only once the dependencies have finished: the initial weights
-    ("timm", a local file, or the parent cell's weights) and a search's pick."""
-    resolved = {"init_weights": config["pretrained_path"] or config["pretrained"]}
-    if config.get("init_from"):
-        resolved["init_weights"] = parent_weights(config["init_from"], summaries[config["init_from"]])
-    if config.get("select"):
-        resolved[config["select"]["param"]] = select_value(config["select"], summaries)
-    return resolved
+def resolved_inputs(config: CellConfig, summaries: dict) -> dict:
+    """What is known only once the dependencies have finished, as plain data (Tune reports it and
+    config.json records it): `init_weights` ("timm", a local file, or the parent cell's weights)
+    and `picked` (a search's pick: {param: value}, or empty)."""
+    init_weights = config.pretrained_path or config.pretrained
+    if config.init_from:
+        init_weights = parent_weights(config.init_from, summaries[config.init_from])
+    picked = {config.select.param: select_value(config.select, summaries)} if config.select else {}
+    return {"init_weights": init_weights, "picked": picked}

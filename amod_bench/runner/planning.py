@@ -44,13 +44,13 @@ def choose_cells(cells, results: ResultsFolder, *, cell_filter, fresh, retry_fai
     return to_run, skipped
 
 
-def launch_order(cells: list) -> list:
+def launch_order(cells: list, costs: dict) -> list:
     """The order Tune starts cells in: stage by stage (a later stage waits for an earlier one),
     and within a stage the most training MACs first, so the cells that run alone at the end,
-    when a slot has nothing left to take, are the cheapest."""
+    when a slot has nothing left to take, are the cheapest. `costs`: cell id -> CellCosts."""
     stages = list(dict.fromkeys(c.stage for c in cells))
     return sorted(cells, key=lambda c: (stages.index(c.stage),
-                                        -c.config["train_macs_per_sample"] * c.config["epochs"]))
+                                        -costs[c.id].train_macs_per_sample * c.config.recipe.epochs))
 
 
 def concurrency(cells, total: dict, suite_cap: int, cli_cap: int | None) -> int:
@@ -61,9 +61,9 @@ def concurrency(cells, total: dict, suite_cap: int, cli_cap: int | None) -> int:
     `total` is `ray.cluster_resources()`."""
     fits = []
     for cell in cells:
-        r = cell.config["resources"]
-        need_cpu = r["workers"] * r["cpus_per_worker"]
-        need_gpu = r["workers"] * r["gpus_per_worker"]
+        r = cell.config.resources
+        need_cpu = r.workers * r.cpus_per_worker
+        need_gpu = r.workers * r.gpus_per_worker
         if need_cpu > total.get("CPU", 0) or need_gpu > total.get("GPU", 0):
             raise RunError(f"cell {cell.id} needs {need_cpu:g} CPUs and {need_gpu:g} GPUs; the cluster "
                            f"has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs")

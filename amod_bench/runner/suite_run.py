@@ -38,8 +38,8 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
             print(f"  would run {cell.id}")
         return {**{c.id: "pending" for c in to_run}, **{cid: "skipped" for cid in skipped}}
 
+    costs = {cell.id: cell_costs(cell.config) for cell in to_run}
     for cell in to_run:
-        cell.config.update(cell_costs(cell.config))
         if fresh:
             results.remove_cell(cell.id)
             _remove_storage(suite.storage, cell.id)
@@ -51,7 +51,7 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
     from ray.tune.logger import JsonLoggerCallback
 
     os.environ.update(DRIVER_ENV)
-    progress = SuiteProgress([c.id for c in to_run], {c.id: c.config["epochs"] for c in to_run})
+    progress = SuiteProgress([c.id for c in to_run], {c.id: c.config.recipe.epochs for c in to_run})
     started = time.monotonic()
     log_file = results.root / "logs" / "driver.log"
     with ray_messages_to(log_file), ray_session(address, num_cpus, worker_env) as own_instance:
@@ -63,7 +63,7 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
         at_once = concurrency(to_run, ray.cluster_resources(), suite.max_concurrent, max_concurrent)
         print(f"running {len(to_run)} cells, {at_once} at a time")
         trainable = tune.with_resources(
-            tune.with_parameters(run_cell, cells={c.id: c for c in to_run}, board=board,
+            tune.with_parameters(run_cell, cells={c.id: c for c in to_run}, costs=costs, board=board,
                                  storage=suite.storage, worker_env=worker_env or {},
                                  own_instance=own_instance),
             # The trial only drives its TorchTrainer; the workers hold the CPUs and GPUs. Tune
@@ -71,15 +71,15 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
             {"cpu": 0, "memory": 1})
         tuner = tune.Tuner(
             trainable,
-            param_space={"cell_id": tune.grid_search([c.id for c in launch_order(to_run)])},
+            param_space={"cell_id": tune.grid_search([c.id for c in launch_order(to_run, costs)])},
             # reuse_actors: a finished trial's process runs the next cell, which saves each
             # cell a process start and its torch import (the trial only drives a TorchTrainer)
             tune_config=tune.TuneConfig(max_concurrent_trials=at_once, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=os.path.join(suite.storage, "_tune"), verbose=0,
-                callbacks=[results_writer_class()(results, {c.id: c for c in to_run}, progress, board,
-                                                  software()), JsonLoggerCallback()]),
+                callbacks=[results_writer_class()(results, {c.id: c for c in to_run}, costs, progress,
+                                                  board, software()), JsonLoggerCallback()]),
         )
         try:
             tuner.fit()

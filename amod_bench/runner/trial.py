@@ -69,7 +69,8 @@ def cell_trainer_class(own_instance: bool):
     return CellTrainer
 
 
-def run_cell(params: dict, *, cells: dict, board, storage: str, worker_env: dict, own_instance: bool) -> None:
+def run_cell(params: dict, *, cells: dict, costs: dict, board, storage: str, worker_env: dict,
+             own_instance: bool) -> None:
     """A Tune function trainable: wait for dependencies, then fit the cell's TorchTrainer.
 
     With resources.prestart, a cell that only waits for its init_from parent fits once the
@@ -79,35 +80,34 @@ def run_cell(params: dict, *, cells: dict, board, storage: str, worker_env: dict
     import ray.train
     from ray import tune
 
-    from amod_bench.train import train_loop_per_worker
+    from amod_bench.train import CellRun, train_loop_per_worker
 
     cell = cells[params["cell_id"]]
-    config = dict(cell.config)
+    config = cell.config
     deps = dependencies(config)
-    prestart = config["resources"]["prestart"] and deps == [config.get("init_from")]
+    prestart = config.resources.prestart and deps == [config.init_from]
     if prestart:
         # The parent's start-up comes first: both are CPU-bound, and the parent's is on the
         # suite's critical path. Once it trains, this cell's start-up overlaps its training.
-        while not ray.get(board.started_or_finished.remote(config["init_from"], BOARD_WAIT_SECONDS)):
+        while not ray.get(board.started_or_finished.remote(config.init_from, BOARD_WAIT_SECONDS)):
             pass
-        config["init_weights"] = ParentWeights(board, config["init_from"])
+        run = CellRun(config, costs[cell.id], init_weights=ParentWeights(board, config.init_from))
     else:
         resolved = resolved_inputs(config, await_cells(board, deps))
-        config.update(resolved)
+        run = CellRun(config, costs[cell.id], **resolved)
         tune.report({"resolved": resolved})
 
-    resources = config["resources"]
+    resources = config.resources
     trainer = cell_trainer_class(own_instance)(
         train_loop_per_worker,
-        train_loop_config=config,
+        train_loop_config={"run": run},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=resources["workers"], use_gpu=resources["gpus_per_worker"] > 0,
-            resources_per_worker={"CPU": resources["cpus_per_worker"],
-                                  "GPU": resources["gpus_per_worker"]}),
+            num_workers=resources.workers, use_gpu=resources.gpus_per_worker > 0,
+            resources_per_worker={"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker}),
         run_config=ray.train.RunConfig(
             name=cell.id, storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=resources["max_failures"]),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=resources["checkpoints_to_keep"]),
+            failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=resources.checkpoints_to_keep),
             callbacks=[report_poster(board, cell.id)],
             worker_runtime_env={"env_vars": worker_env} if worker_env else None),
     )

@@ -16,9 +16,10 @@ def results_writer_class():
     class ResultsWriter(tune.Callback):
         """Turns every trial event into result files; runs in the driver process only."""
 
-        def __init__(self, results: ResultsFolder, cells: dict, progress, board, provenance: dict):
-            self.results, self.cells, self.progress, self.board = results, cells, progress, board
+        def __init__(self, results: ResultsFolder, cells: dict, costs: dict, progress, board, provenance: dict):
+            self.results, self.cells, self.costs, self.progress, self.board = results, cells, costs, progress, board
             self.provenance = provenance
+            self.resolved: dict[str, dict] = {}  # per cell: init_weights and a search's pick, once known
             self.history: dict[str, list[dict]] = {}
             self.extra: dict[str, dict] = {}  # per cell: checkpoint, hardware, diverged_at
 
@@ -26,11 +27,18 @@ def results_writer_class():
             cell_id = trial.config["cell_id"]
             return cell_id, self.results.cell(cell_id)
 
+        def _write_config(self, cell_id: str) -> None:
+            """config.json: the suite's config, then the cell's costs and its run-time inputs."""
+            resolved = self.resolved.get(cell_id, {})
+            self.results.cell(cell_id).write_config({
+                **self.cells[cell_id].config.to_json(), **self.costs[cell_id].as_json(),
+                **({"init_weights": resolved["init_weights"], **resolved["picked"]} if resolved else {})})
+
         def _write_summary(self, cell_id: str, status: str, error: str | None = None) -> dict:
-            config = self.cells[cell_id].config
+            costs = self.costs[cell_id]
             summary = {**summarize(self.history[cell_id], status), **self.provenance,
-                       "params": config.get("params"), "gmacs": config.get("gmacs"),
-                       "seed": config["seed"], "error": error,
+                       "params": costs.params, "gmacs": costs.gmacs,
+                       "seed": self.cells[cell_id].config.seed, "error": error,
                        "checkpoint": self.extra[cell_id].get("checkpoint"),
                        "hardware": self.extra[cell_id].get("hardware"),
                        "rank_checksums": self.extra[cell_id].get("rank_checksums"),
@@ -44,7 +52,7 @@ def results_writer_class():
 
         def on_trial_start(self, iteration, trials, trial, **info):
             cell_id, files = self._files(trial)
-            files.write_config(self.cells[cell_id].config)
+            self._write_config(cell_id)
             self.history[cell_id] = files.read_metrics()  # a resumed cell keeps its earlier rows
             previous = files.read_summary() or {}
             self.extra[cell_id] = {"checkpoint": previous.get("checkpoint"), "started": time.monotonic(),
@@ -56,8 +64,8 @@ def results_writer_class():
             cell_id, files = self._files(trial)
             if "resolved" in result:  # values known only at run time: a search's pick, the init weights
                 self.extra[cell_id]["started"] = time.monotonic()  # dependencies met: the cell starts now
-                self.cells[cell_id].config.update(result["resolved"])
-                files.write_config(self.cells[cell_id].config)
+                self.resolved[cell_id] = result["resolved"]
+                self._write_config(cell_id)
             row = result.get("row")
             if row is None:
                 return

@@ -2,8 +2,8 @@
 
 A suite is a list of *stages* run in file order. Each stage is a grid of cells (the
 product of its axes, minus `exclude` rules, plus `include` cells); a cell is one
-training run, described by a flat, fully resolved `Cell.config` dict that the
-runner hands to the training loop and writes to `results/<suite>/cells/<id>/config.json`.
+training run, described by a fully resolved, frozen `Cell.config` (`CellConfig`) that the
+runner hands to the training loop and writes, flat, to `results/<suite>/cells/<id>/config.json`.
 
     suite = load_suite("suites/deit.yaml")   # parse + validate; SuiteError lists ALL problems
     cells = expand(suite)                     # pure: list[Cell] in stage order
@@ -129,14 +129,14 @@ Rules:
 * **init_from.** `init_from: STAGE` or `{stage, match}`: each cell starts from the
   final checkpoint of the one cell of the earlier stage STAGE that equals it on
   every key of `match` (default `[model]`); zero or several such cells is an error.
-  `Cell.config["init_from"]` is that cell's id.
+  `Cell.config.init_from` is that cell's id.
 * **select.** `select: STAGE` or `{stage, param, by, metric}`: `param` (default `lr`,
   a grid axis of STAGE) is taken at run time from the cells of STAGE equal to this
   cell on `by`: the value whose cells have the best mean `metric`. STAGE must be
   earlier and evaluate on `heldout` (selection never sees `val`). `expand` sets
-  `param` to None and leaves the marker `Cell.config["select"] = {stage, param, by,
-  metric, cells, values}` (the candidate cell ids and their values); `plan` shows
-  "from STAGE".
+  `param` to None and leaves the marker `Cell.config.select` (a `SearchChoice`: stage,
+  param, by, metric, cells, values: the candidate cell ids and their values); `plan`
+  shows "from STAGE".
 * **Paths.** Relative dataset, checkpoint and output paths resolve against the
   working directory at load time (where `bench.py` runs) and are stored absolute,
   because Ray workers chdir. `bench.py run` refuses a suite whose datasets or
@@ -150,13 +150,16 @@ Rules:
   walked). A grid product (before exclude and ignore) above `max_cells` (10,000) is
   refused before any cell is built; `bench.py plan|run --allow-large-grid` lifts it.
 
-`Cell.config` keys (flat; CONFIG_KEYS): id, suite, stage, model, router, capacity,
+`Cell.config` fields: as in its flat form `CellConfig.to_json()` (config.json; CONFIG_KEYS
+then `axes`), except that the recipe fields sit in `recipe` (a `Recipe`): id, suite, stage,
+model, router, capacity,
 routed_layers, cls_policy, dataset (as written), dataset_path (what amod_bench.data
 opens: bundled specs and URLs as written, folders absolute), seed, every recipe field
 (augment holds only the keys the suite sets), pretrained (as written), pretrained_path
 (absolute, or null), router_options (this cell's router only), init_from (a cell id or
-null), select (the marker or null), targets, resources, output, storage. The runner adds
-derived figures (params, gmacs, ...) from amod_bench.costs.
+null), select (the marker or null), targets, resources, output, storage, and `axes` (the
+stage's grid axes, which the report groups by). The runner writes the derived figures
+(params, gmacs, ...) from amod_bench.costs and the run-time inputs beside them in config.json.
 
 Cell id: `<stage>-<model>-<router>-c<capacity>-<dataset>-s<seed>[-<tags>]-<hash8>`,
 e.g. `main-deit_tiny_patch16_224-amod-c0.5-digits-s0-4f3a9c1e` (`<dataset>`: the
@@ -173,20 +176,21 @@ select rule) gives a new id.
 """
 from __future__ import annotations
 
+from .cell import Cell, CellConfig, SearchChoice
 from .expand import cell_id, config_hash, expand
 from .overrides import parse_override
 from .paths import dataset_path, dataset_short_name, missing_inputs, resolve_path
 from .problems import Problem, SuiteError
 from .schema import (
     CONFIG_KEYS, DEFAULT_IGNORE, IGNORABLE_AXES, MAX_CELLS, RECIPE_FIELDS, STANDARD_AXES, UNHASHED_KEYS, Augment,
-    Cell, Grid, InitFrom, Recipe, Resources, Select, Stage, Suite, Targets,
+    Grid, InitFrom, Recipe, Resources, Select, Stage, Suite, Targets,
 )
 from .validate import load_suite
 from .yaml_reader import MAX_DEPTH, MAX_NODES, MAX_SUITE_BYTES
 
 __all__ = [
     "CONFIG_KEYS", "DEFAULT_IGNORE", "IGNORABLE_AXES", "MAX_CELLS", "MAX_DEPTH", "MAX_NODES", "MAX_SUITE_BYTES",
-    "RECIPE_FIELDS", "STANDARD_AXES", "UNHASHED_KEYS", "Augment", "Cell", "Grid", "InitFrom", "Problem", "Recipe",
-    "Resources", "Select", "Stage", "Suite", "SuiteError", "Targets", "cell_id", "config_hash", "dataset_path",
+    "RECIPE_FIELDS", "STANDARD_AXES", "UNHASHED_KEYS", "Augment", "Cell", "CellConfig", "Grid", "InitFrom", "Problem", "Recipe",
+    "Resources", "SearchChoice", "Select", "Stage", "Suite", "SuiteError", "Targets", "cell_id", "config_hash", "dataset_path",
     "dataset_short_name", "expand", "load_suite", "missing_inputs", "parse_override", "resolve_path",
 ]

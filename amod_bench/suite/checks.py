@@ -8,13 +8,13 @@ from amod_bench.models import model_config
 from amod_bench.routers import layout, router_traits
 
 from .problems import Errors, hint
-from .schema import CONFIG_KEYS, RECIPE_FIELDS, UNHASHED_KEYS, Cell, Stage, Suite
+from .schema import CONFIG_KEYS, RECIPE_FIELDS, UNHASHED_KEYS, Stage, Suite
 
 # config keys a rule (init_from.match, select.by) may compare: everything that describes training
 _COMPARABLE = tuple(k for k in CONFIG_KEYS if k not in UNHASHED_KEYS + ("stage", "init_from", "select"))
 
 
-def check_refs(suite: Suite, stage: Stage, order: dict[str, int], by_stage: dict[str, list[Cell]],
+def check_refs(suite: Suite, stage: Stage, order: dict[str, int], by_stage: dict[str, list[dict]],
                errors: Errors) -> bool:
     """init_from / select point at an earlier stage and name known keys; True if cells can be matched."""
     index = order[stage.name]

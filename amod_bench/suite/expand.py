@@ -1,9 +1,10 @@
 """Expansion: a validated suite -> its cells, in stage order then grid order.
 
 A stage's cells are its grid product minus `exclude` rules plus `include` cells, with
-`ignore` applied; each gets a flat config (`Cell.config`, keys CONFIG_KEYS), the
-init_from / select links to earlier stages, and an id whose hash covers what alters
-training (the package docstring has the rules)."""
+`ignore` applied; each gets a config (`Cell.config`, a frozen `CellConfig`), the init_from /
+select links to earlier stages, and an id whose hash covers what alters training (the package
+docstring has the rules). Expansion itself works on the flat JSON form (`CellConfig.to_json`):
+rules, links and the id hash all compare plain values."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,8 @@ from typing import Any
 from .checks import check_cell, check_refs
 from .paths import dataset_path, dataset_short_name, resolve_path
 from .problems import Errors
-from .schema import IGNORABLE_AXES, RECIPE_FIELDS, UNHASHED_KEYS, Cell, Stage, Suite
+from .cell import Cell, CellConfig, SearchChoice, jsonable
+from .schema import IGNORABLE_AXES, RECIPE_FIELDS, UNHASHED_KEYS, Augment, Stage, Suite
 
 
 def expand(suite: Suite) -> list[Cell]:
@@ -33,15 +35,7 @@ def expand(suite: Suite) -> list[Cell]:
 
 
 def _matches(cell: dict, rule: dict) -> bool:
-    return all(_jsonable(cell[axis]) in [_jsonable(v) for v in values] for axis, values in rule.items())
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
+    return all(jsonable(cell[axis]) in [jsonable(v) for v in values] for axis, values in rule.items())
 
 
 def _format_value(value: Any) -> str:
@@ -61,7 +55,7 @@ def _safe(text: str) -> str:
 def config_hash(config: dict) -> str:
     """First 8 hex digits of SHA-256 over the canonical JSON of the hashed keys."""
     hashed = {k: v for k, v in config.items() if k not in UNHASHED_KEYS}
-    text = json.dumps(_jsonable(hashed), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    text = json.dumps(jsonable(hashed), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
@@ -94,7 +88,7 @@ def expand_into(suite: Suite, errors: Errors, stage_names: list[str] | None = No
     holds the validation problems, so one SuiteError lists both). `stage_names`: every stage in
     the file, including any left out of `suite` for its problems."""
     cells: list[Cell] = []
-    by_stage: dict[str, list[Cell]] = {}
+    by_stage: dict[str, list[dict]] = {}  # stage -> its cells' flat configs, for init_from / select
     order = {name: i for i, name in enumerate(stage_names or [s.name for s in suite.stages])}
     size = sum(_grid_size(stage) for stage in suite.stages)
     if suite.max_cells is not None and size > suite.max_cells:  # counted, so a huge grid is never built
@@ -104,8 +98,8 @@ def expand_into(suite: Suite, errors: Errors, stage_names: list[str] | None = No
                    "--allow-large-grid")
         return cells
     for stage in suite.stages:
-        by_stage[stage.name] = _expand_stage(suite, stage, order, by_stage, errors)
-        cells.extend(by_stage[stage.name])
+        by_stage[stage.name] = []
+        cells.extend(_expand_stage(suite, stage, order, by_stage, errors))
     return cells
 
 
@@ -121,7 +115,7 @@ def _include_axes(axes: dict[str, tuple], rule: dict[str, tuple]) -> dict[str, t
     return {name: rule.get(name, axes.get(name, (None,))) for name in dict.fromkeys([*axes, *rule])}
 
 
-def _expand_stage(suite: Suite, stage: Stage, order: dict[str, int], by_stage: dict[str, list[Cell]],
+def _expand_stage(suite: Suite, stage: Stage, order: dict[str, int], by_stage: dict[str, list[dict]],
                   errors: Errors) -> list[Cell]:
     refs_ok = check_refs(suite, stage, order, by_stage, errors)
     axes = stage.grid.axes()
@@ -129,6 +123,7 @@ def _expand_stage(suite: Suite, stage: Stage, order: dict[str, int], by_stage: d
     recipe_axes = list(stage.grid.recipe)
     for rule in stage.include:  # a recipe field named only by include cells still tags the ids
         recipe_axes += [a for a in rule if a in RECIPE_FIELDS and a not in recipe_axes]
+    stage_axes = [*names, *(a for a in recipe_axes if a not in names)]  # config.json's `axes`
 
     # grid product minus exclude rules, then include cells: (combo, include index or None)
     combos = [dict(zip(names, values)) for values in itertools.product(*axes.values())]
@@ -151,14 +146,7 @@ def _expand_stage(suite: Suite, stage: Stage, order: dict[str, int], by_stage: d
         for values in itertools.product(*sub_axes.values()):
             kept.append((dict(zip(sub_axes, values)), i))
 
-    base = {
-        "suite": suite.name, "stage": stage.name,
-        "recipe": dataclasses.asdict(stage.recipe),
-        "pretrained": stage.pretrained,
-        "pretrained_path": resolve_path(stage.pretrained, suite.base_dir) if stage.pretrained not in (None, "timm") else None,
-        "targets": dataclasses.asdict(suite.targets),
-        "resources": dataclasses.asdict(stage.resources),
-    }
+    pretrained_path = resolve_path(stage.pretrained, suite.base_dir) if stage.pretrained not in (None, "timm") else None
     out: list[Cell] = []
     seen: dict[str, int | None] = {}
     no_capacity: set[str] = set()
@@ -166,27 +154,32 @@ def _expand_stage(suite: Suite, stage: Stage, order: dict[str, int], by_stage: d
     for combo, include_index in kept:
         for axis in stage.grid.recipe:  # a recipe axis the include item did not name keeps the recipe value
             if combo.get(axis) is None and include_index is not None and axis not in axes:
-                combo[axis] = base["recipe"][axis]
+                combo[axis] = getattr(stage.recipe, axis)
         combo = _apply_ignore(combo, stage.ignore)
         if combo["capacity"] is None:
             no_capacity.add(combo["router"])
             continue
-        config = _cell_config(suite, stage, combo, base)
-        check_cell(config, stage, errors)
+        config = _cell_config(suite, stage, combo, pretrained_path, stage_axes)
+        flat = config.to_json()  # rules, links and the id compare and hash plain values
+        check_cell(flat, stage, errors)
+        links = {}
         if refs_ok and stage.init_from is not None:
-            config["init_from"] = _init_source(stage, config, by_stage, errors, unmatched)
+            links["init_from"] = flat["init_from"] = _init_source(stage, flat, by_stage, errors, unmatched)
         if refs_ok and stage.select is not None:
-            config["select"] = _select_marker(stage, config, by_stage, errors, unmatched)
-        config["id"] = cell_id(config, _cell_tags(combo, recipe_axes))
-        if config["id"] in seen:
+            flat["select"] = _select_marker(stage, flat, by_stage, errors, unmatched)
+            links["select"] = None if flat["select"] is None else SearchChoice(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in flat["select"].items()})
+        flat["id"] = cell_id(flat, _cell_tags(combo, recipe_axes))
+        if flat["id"] in seen:
             if include_index is not None:
-                first = seen[config["id"]]
+                first = seen[flat["id"]]
                 errors.add(stage.at(f"include[{include_index}]"),
-                           f"duplicate cell id {config['id']}: this include cell repeats "
+                           f"duplicate cell id {flat['id']}: this include cell repeats "
                            + ("a grid cell" if first is None else f"include[{first}]"))
             continue  # grid cells that `ignore` made identical collapse into one
-        seen[config["id"]] = include_index
-        out.append(Cell(id=config["id"], stage=stage.name, config=config))
+        seen[flat["id"]] = include_index
+        out.append(Cell(id=flat["id"], stage=stage.name, config=dataclasses.replace(config, id=flat["id"], **links)))
+        by_stage.setdefault(stage.name, []).append(flat)
     if no_capacity:
         errors.add(stage.at("grid"),
                    f"grid.capacity is required for router(s) {', '.join(sorted(no_capacity))} "
@@ -197,57 +190,53 @@ def _expand_stage(suite: Suite, stage: Stage, order: dict[str, int], by_stage: d
     return out
 
 
-def _cell_config(suite: Suite, stage: Stage, combo: dict, base: dict) -> dict:
-    recipe = {**base["recipe"], **{k: combo[k] for k in combo if k in RECIPE_FIELDS}}
-    # only the keys the suite sets: the loader merges them over the dataset's own defaults, and a
-    # new Augment field leaves existing ids alone
-    recipe["augment"] = {k: v for k, v in recipe["augment"].items() if v is not None}
+def _cell_config(suite: Suite, stage: Stage, combo: dict, pretrained_path: str | None,
+                 stage_axes: list[str]) -> CellConfig:
+    """The cell of one grid point, before its id and its links to earlier stages."""
+    recipe_values = {k: combo[k] for k in combo if k in RECIPE_FIELDS}
+    if isinstance(recipe_values.get("augment"), dict):  # augment as a grid axis: a dict per value
+        recipe_values["augment"] = Augment(**recipe_values["augment"])
     if stage.select is not None:
-        recipe[stage.select.param] = None  # resolved by the runner from the search's results
-    config = {
-        "id": None, "suite": base["suite"], "stage": base["stage"],
-        "model": combo["model"], "router": combo["router"], "capacity": combo["capacity"],
-        "routed_layers": combo["routed_layers"], "cls_policy": combo["cls_policy"],
-        "dataset": combo["dataset"], "dataset_path": dataset_path(combo["dataset"], suite.base_dir),
-        "seed": combo["seed"],
-        **recipe,
-        "pretrained": base["pretrained"], "pretrained_path": base["pretrained_path"],
-        "router_options": dict(stage.router_options.get(combo["router"], {})),
-        "init_from": None, "select": None,
-        "targets": base["targets"], "resources": base["resources"],
-        "output": suite.output, "storage": suite.storage,
-    }
-    return {k: _jsonable(v) for k, v in config.items()}
+        recipe_values[stage.select.param] = None  # resolved by the runner from the search's results
+    return CellConfig(
+        id="", suite=suite.name, stage=stage.name, model=combo["model"], router=combo["router"],
+        capacity=combo["capacity"], routed_layers=combo["routed_layers"], cls_policy=combo["cls_policy"],
+        dataset=combo["dataset"], dataset_path=dataset_path(combo["dataset"], suite.base_dir), seed=combo["seed"],
+        recipe=dataclasses.replace(stage.recipe, **recipe_values),
+        pretrained=stage.pretrained, pretrained_path=pretrained_path,
+        router_options=dict(stage.router_options.get(combo["router"], {})),
+        init_from=None, select=None, targets=suite.targets, resources=stage.resources,
+        output=suite.output, storage=suite.storage, axes=tuple(stage_axes))
 
 
 def _describe(config: dict, keys) -> str:
     return ", ".join(f"{k}={config[k]}" for k in keys)
 
 
-def _init_source(stage: Stage, config: dict, by_stage: dict[str, list[Cell]], errors: Errors,
+def _init_source(stage: Stage, config: dict, by_stage: dict[str, list[dict]], errors: Errors,
                  unmatched: dict[str, int]) -> str | None:
     """The id of the one cell of stage init_from.stage that equals `config` on init_from.match."""
     ref = stage.init_from
-    source = [c for c in by_stage[ref.stage] if all(c.config[k] == config[k] for k in ref.match)]
+    source = [c for c in by_stage[ref.stage] if all(c[k] == config[k] for k in ref.match)]
     if len(source) == 1:
-        return source[0].id
+        return source[0]["id"]
     unmatched["init_from"] += 1
     if unmatched["init_from"] <= 5:
         if not source:
             message = f"no cell of stage '{ref.stage}' has {_describe(config, ref.match)}"
         else:
             message = (f"{len(source)} cells of stage '{ref.stage}' have {_describe(config, ref.match)} "
-                       f"({', '.join(c.id for c in source[:3])}{', ...' if len(source) > 3 else ''}); "
+                       f"({', '.join(c['id'] for c in source[:3])}{', ...' if len(source) > 3 else ''}); "
                        "add keys to init_from.match to pick one (e.g. seed)")
         errors.add(stage.at("init_from"), message)
     return None
 
 
-def _select_marker(stage: Stage, config: dict, by_stage: dict[str, list[Cell]], errors: Errors,
+def _select_marker(stage: Stage, config: dict, by_stage: dict[str, list[dict]], errors: Errors,
                    unmatched: dict[str, int]) -> dict | None:
     """{stage, param, by, metric, cells, values}: the search cells this cell chooses among."""
     ref = stage.select
-    group = [c for c in by_stage[ref.stage] if all(c.config[k] == config[k] for k in ref.by)]
+    group = [c for c in by_stage[ref.stage] if all(c[k] == config[k] for k in ref.by)]
     if not group:
         unmatched["select"] += 1
         if unmatched["select"] <= 5:
@@ -255,4 +244,4 @@ def _select_marker(stage: Stage, config: dict, by_stage: dict[str, list[Cell]], 
                        f"no cell of stage '{ref.stage}' has {_describe(config, ref.by)} to select from")
         return None
     return {"stage": ref.stage, "param": ref.param, "by": list(ref.by), "metric": ref.metric,
-            "cells": [c.id for c in group], "values": [c.config[ref.param] for c in group]}
+            "cells": [c["id"] for c in group], "values": [c[ref.param] for c in group]}

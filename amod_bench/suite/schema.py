@@ -71,6 +71,11 @@ class Augment:
     random_erasing: Annotated[Number, _PROBABILITY] | None = None  # RandomErasing probability
     interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None  # resize interpolation
 
+    def chosen(self) -> dict:
+        """The fields the suite set: the loader merges them over the dataset's own defaults, and
+        a new field leaves existing cell ids alone."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -191,19 +196,13 @@ class Suite:
     where: dict = field(default_factory=dict, repr=False, compare=False)  # dotted key -> (path, file, line)
 
 
-@dataclass(frozen=True)
-class Cell:
-    id: str  # readable prefix + 8-hex config hash (module docstring)
-    stage: str  # the stage the cell belongs to
-    config: dict  # flat resolved config (keys: CONFIG_KEYS)
-
-
 CONFIG_KEYS = (
     "id", "suite", "stage", "model", "router", "capacity", "routed_layers", "cls_policy",
     "dataset", "dataset_path", "seed", *RECIPE_FIELDS, "pretrained", "pretrained_path",
     "router_options", "init_from", "select", "targets", "resources", "output", "storage",
 )
 # Keys left out of the id hash: bookkeeping, cluster and machine specifics, report-only settings.
-UNHASHED_KEYS = ("id", "suite", "targets", "resources", "output", "storage", "dataset_path", "pretrained_path")
+UNHASHED_KEYS = ("id", "suite", "targets", "resources", "output", "storage", "dataset_path", "pretrained_path",
+                 "axes")
 
 
