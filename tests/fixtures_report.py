@@ -99,6 +99,9 @@ def config_of(c: Cell, suite: str) -> dict:
         "num_classes": 10, "init_from": f"pretrain-{c.model}-{c.dataset}-s{c.seed}", "router_options": {},
         "targets": {"within_peak_pct": 2.0, "top1": None},
         "resources": {"workers": 1, "cpus_per_worker": 2, "gpus_per_worker": 0},
+        # the suite's grid axes: the standard ones plus every extra key a test varies
+        "axes": ["model", "dataset", "router", "capacity", "routed_layers", "cls_policy", "seed",
+                 *(k for k in c.extra if k not in ("targets", "axes"))],
     }
     config.update(c.extra)
     return config

@@ -22,7 +22,7 @@ def table_inputs(tmp_path):
     cells += [Cell("amod", 0.5, 7, knots(99.0), status="failed"), Cell("amod", 0.5, 8, knots(99.0), status="diverged"),
               Cell("amod", 0.5, 9, knots(99.0), status="running")]
     res = load_results(write_suite(tmp_path, "acc", cells))
-    frame, _, _ = add_variant_columns(res.cells, res.config_keys)
+    frame, _, _ = add_variant_columns(res.cells)
     return frame
 
 

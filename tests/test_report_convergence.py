@@ -36,7 +36,7 @@ def expected_units(router: str, capacity, epoch: float) -> dict:
 
 def _ttt(root, **kw):
     res = load_results(root)
-    cells, _, _ = add_variant_columns(res.cells, res.config_keys)
+    cells, _, _ = add_variant_columns(res.cells)
     return cells, res, convergence.times_to_target(cells, res.evals, **kw)
 
 
@@ -106,7 +106,7 @@ def test_peak_target_modes():
 def test_common_target_uses_dense_median_and_lower_middle_for_even_seeds(tmp_path):
     cells = [Cell("dense", None, s, [(0, 20.0), (6, p), (10, p)]) for s, p in enumerate((70.0, 72.0, 74.0, 76.0))]
     res = load_results(write_suite(tmp_path, "even", cells))
-    frame, _, _ = add_variant_columns(res.cells, res.config_keys)
+    frame, _, _ = add_variant_columns(res.cells)
     targets = convergence.common_targets(frame, rule="dense")
     assert targets["common_target"].tolist() == [72.0]  # lower of the two middle bests (72, 74)
     assert targets.equals(convergence.common_targets(frame, rule="lowest").assign(
@@ -232,7 +232,7 @@ def test_explicit_targets_win_over_either_rule(tmp_path, common_rule):
     cells += [Cell("amod", 0.5, s, AMOD_KNOTS, extra={"targets": {"within_peak_pct": 2.0, "top1": 60.0}})
               for s in (0, 1)]
     res = load_results(write_suite(tmp_path, "explicit", cells))
-    frame, _, _ = add_variant_columns(res.cells, res.config_keys)
+    frame, _, _ = add_variant_columns(res.cells)
     suite = convergence.common_targets(frame, rule=common_rule)
     assert suite["common_target"].tolist() == [60.0] and suite["target_source"].tolist() == ["targets.top1"]
     cli = convergence.common_targets(frame, 55.0, rule=common_rule)

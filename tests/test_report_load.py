@@ -85,7 +85,7 @@ def test_several_suites_combine_and_keep_their_names(tmp_path):
     res = load_results([a, b])
     assert sorted(res.cells["suite"].unique()) == ["alpha", "beta"]
     assert len(res.cells) == 15
-    cells, router_axes, recipe_axes = add_variant_columns(res.cells, res.config_keys)
+    cells, router_axes, recipe_axes = add_variant_columns(res.cells)
     assert router_axes == [] and recipe_axes == []  # seeds from both suites pool into one variant each
     assert cells.groupby("variant").size().eq(3).all()
 
@@ -105,20 +105,35 @@ def test_missing_folder_raises_a_clear_error(tmp_path):
         load_results(tmp_path / "empty")
 
 
-def test_variant_axes_are_keys_that_differ_at_equal_seed(tmp_path):
+def test_variant_axes_are_declared_axes_that_differ_at_equal_seed(tmp_path):
+    axes = ["model", "dataset", "router", "capacity", "routed_layers", "cls_policy", "lr", "data_seed", "seed"]
     cells = []
     for s in (0, 1):
         for lr in (1e-4, 1e-3):
             for policy in ("compete", "keep"):
+                # `note` differs with lr at equal seed, but it is no grid axis: it never splits variants
                 cells.append(Cell("amod", 0.5, s, DENSE_KNOTS, extra={"lr": lr, "cls_policy": policy,
-                                                                       "data_seed": 100 + s}))
-        cells.append(Cell("dense", None, s, DENSE_KNOTS, extra={"data_seed": 100 + s}))
+                                                                       "data_seed": 100 + s, "note": f"lr {lr}",
+                                                                       "axes": axes}))
+        cells.append(Cell("dense", None, s, DENSE_KNOTS, extra={"data_seed": 100 + s, "axes": axes}))
     res = load_results(write_suite(tmp_path, "axes", cells))
     # routed_layers differs only between routers, data_seed and init_from only between seeds
-    assert variant_axes(res.cells, res.config_keys) == ["cls_policy", "lr"]
-    frame, router_axes, recipe_axes = add_variant_columns(res.cells, res.config_keys)
+    assert variant_axes(res.cells) == ["cls_policy", "lr"]
+    frame, router_axes, recipe_axes = add_variant_columns(res.cells)
     assert router_axes == ["cls_policy"] and recipe_axes == ["lr"]
     assert "amod (cls_policy=keep)" in set(frame["router_label"])
     assert frame.loc[frame["router"] == "dense", "router_label"].eq("dense").all()
     assert frame.loc[frame["router"] == "dense", "capacity"].eq(1.0).all()
     assert frame.groupby("variant").size().eq(2).all()  # 4 amod variants + dense, two seeds each
+
+
+def test_cells_without_axes_are_grouped_by_router_and_capacity_and_say_so(tmp_path):
+    cells = [Cell("amod", 0.5, s, DENSE_KNOTS, extra={"lr": lr}) for s in (0, 1) for lr in (1e-4, 1e-3)]
+    folder = write_suite(tmp_path, "old", cells)
+    for config_file in (folder / "cells").glob("*/config.json"):
+        config = json.loads(config_file.read_text())
+        del config["axes"]
+        config_file.write_text(json.dumps(config))
+    with pytest.warns(ReportWarning, match=r"4 cell\(s\) have no `axes`"):
+        res = load_results(folder)
+    assert variant_axes(res.cells) == []

@@ -49,7 +49,7 @@ def suite_with_checkpoints(tmp_path, model="vit_nano_patch4_28", extra=None):
                               extra={"img_size": 28, **(extra or {})}))
     root = write_suite(tmp_path, "maps", cells)
     res = load_results(root)
-    frame, _, _ = add_variant_columns(res.cells, res.config_keys)
+    frame, _, _ = add_variant_columns(res.cells)
     return root, frame
 
 

@@ -136,7 +136,7 @@ def build_report(folders, out: Path | str | None = None, options: ReportOptions 
     out = Path(out) if out is not None else default_out(results.sources)
     report = Report(out=out, results=results)
     tables_dir = out / "tables"
-    cells, router_axes, recipe_axes = add_variant_columns(results.cells, results.config_keys)
+    cells, router_axes, recipe_axes = add_variant_columns(results.cells)
     index = _Index()
     level = f"{options.level:.0%}"
 

@@ -3,14 +3,13 @@
 * A *workload* is (stage, model, dataset): the AlgoPerf-style common target is
   set per workload; speedups and performance profiles compare routers at one
   capacity of one workload with the same training recipe.
-* A *variant* is a workload plus router, capacity and every other config key
-  on which two cells with the same workload, router, capacity and seed
-  differ (an lr sweep, cls_policy, ...), except keys that only name or place
-  a cell (id, suite, output, storage, *_dir, *_path, derived FLOP figures).
-  Cells of one variant differ only by seed; means, medians and CIs are over them.
-* The varying keys split into *router axes* (routed_layers, cls_policy,
-  router_options: part of the router's label) and *recipe axes* (lr, epochs,
-  ...: a router is only compared against baselines with the same recipe).
+* A *variant* is a workload plus router, capacity and every grid axis of the
+  suite (config.json's `axes`) on which two cells with the same workload,
+  router, capacity and seed differ (an lr sweep, cls_policy, ...). Cells of one
+  variant differ only by seed; means, medians and CIs are over them.
+* The varying axes split into *router axes* (routed_layers, cls_policy: part
+  of the router's label) and *recipe axes* (lr, epochs, ...: a router is only
+  compared against baselines with the same recipe).
 
 The full-depth dense model has capacity 1.0 (null in config becomes 1.0); it is
 the dense baseline of every capacity of its workload: `at_compared_capacities`
@@ -25,13 +24,8 @@ from amod_bench.routers.traits import router_names, router_traits, routers_in_di
 
 BASELINES = ("dense", "isoflop", "mod")
 WORKLOAD_KEYS = ["stage", "model", "dataset"]
-ROUTER_AXES = ("routed_layers", "cls_policy", "router_options")
-# config keys that never define a variant: identity, seed, provenance, derived figures
-NOT_AXES = {
-    "cell", "suite", "id", "seed", "init_from", "resources", "targets", "target_within_peak_pct",
-    "target_top1", "params", "gmacs", "train_macs_per_sample", "flop_ratio_dense", "num_classes",
-    "git_commit", "name", "output", "storage", "init_weights", *WORKLOAD_KEYS, "router", "capacity",
-}
+ROUTER_AXES = ("routed_layers", "cls_policy")
+BASE_KEYS = (*WORKLOAD_KEYS, "router", "capacity", "seed")  # a variant's own keys, never its axes
 
 
 def display_name(router: str, router_label: str | None = None) -> str:
@@ -47,32 +41,28 @@ def router_rank(router: str) -> tuple[int, str]:
     return (order.index(router), "") if router in order else (len(order), str(router))
 
 
-def variant_axes(cells: pd.DataFrame, config_keys: list[str]) -> list[str]:
-    """Config keys, beyond the base keys, on which two cells of one (workload, router, capacity, seed) differ.
+def variant_axes(cells: pd.DataFrame) -> list[str]:
+    """Grid axes (config.json `axes`), beyond the base keys, on which two cells of one
+    (workload, router, capacity, seed) differ.
 
-    A key that differs only between routers (routed_layers null for dense, a
-    per-method tuned lr) is a property of the router, and a key that differs
-    only between seeds (init_from, init_weights, a data seed) is part of the
-    seed; neither is an axis.
+    An axis that differs only between routers (routed_layers null for dense) is a property of
+    the router, and one that differs only between seeds is part of the seed; neither is a
+    variant axis.
     """
     has_config = cells[~cells["flag"].isin(["missing", "no_config"])]
-    if has_config.empty:
+    if has_config.empty or "axes" not in has_config:
         return []
-    base = [has_config[k].map(str) for k in (*WORKLOAD_KEYS, "router", "capacity", "seed")]
-    axes = []
-    for key in sorted(config_keys):
-        if key in NOT_AXES or key.endswith(("_dir", "_path", "_id")) or key not in has_config:
-            continue
-        if (has_config[key].map(str).groupby(base).nunique() > 1).any():
-            axes.append(key)
-    return axes
+    declared = {a for axes in has_config["axes"] if isinstance(axes, tuple) for a in axes}
+    base = [has_config[k].map(str) for k in BASE_KEYS]
+    return [key for key in sorted(declared - set(BASE_KEYS)) if key in has_config
+            and (has_config[key].map(str).groupby(base).nunique() > 1).any()]
 
 
 def _label(row: pd.Series, keys: list[str]) -> str:
     return ", ".join(f"{k}={row[k]}" for k in keys if pd.notna(row[k]))
 
 
-def add_variant_columns(cells: pd.DataFrame, config_keys: list[str]) -> tuple[pd.DataFrame, list[str], list[str]]:
+def add_variant_columns(cells: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
     """Cells with `capacity` filled for dense and the grouping columns added.
 
     Adds `router_label` (router plus the router axes that vary, e.g.
@@ -81,7 +71,7 @@ def add_variant_columns(cells: pd.DataFrame, config_keys: list[str]) -> tuple[pd
     sortable key). Returns (cells, router_axes, recipe_axes).
     """
     cells = cells.copy()
-    axes = variant_axes(cells, config_keys)
+    axes = variant_axes(cells)
     router_axes = [a for a in axes if a in ROUTER_AXES]
     recipe_axes = [a for a in axes if a not in ROUTER_AXES]
     dense = cells["router"] == "dense"

@@ -64,7 +64,6 @@ class Results:
 
     cells: pd.DataFrame  # one row per cell, flagged ones included
     evals: pd.DataFrame  # one row per (cell, eval)
-    config_keys: list[str]  # the cells columns that came from config.json
     sources: list[Path]  # the results folders, in the order given
     warnings: list[str] = field(default_factory=list)  # every ReportWarning raised while reading
 
@@ -140,6 +139,9 @@ def _flat_config(config: dict) -> dict:
     row = {}
     for key, value in config.items():
         if key == "resources":  # scheduling only, not part of the cell's identity
+            continue
+        if key == "axes" and isinstance(value, list):  # the suite's grid axes, which the report groups by
+            row["axes"] = tuple(str(a) for a in value)
             continue
         if key == "targets" and isinstance(value, dict):
             row["target_within_peak_pct"] = value.get("within_peak_pct")
@@ -251,6 +253,11 @@ def load_suite(folder: Path | str, log: list[str] | None = None, taken: set[str]
                              f"delete cells/{cell_dir.name}/ or run that version again")
         cell_rows.append(row)
         eval_rows.extend(evals)
+    unlabelled = sum(1 for r in cell_rows if r["ok"] and "axes" not in r)
+    if unlabelled:
+        _warn(log, f"{folder}: {unlabelled} cell(s) have no `axes` in config.json (written by an earlier "
+                   "amod-bench): their variants are told apart by router and capacity only; rerun the suite "
+                   "with --fresh to record them")
     for cell_id in sorted(set(entries) - {p.name for p in on_disk}):
         entry = entries[cell_id]
         row = {"suite": suite, "cell": cell_id, "stage": entry.get("stage"), "status": entry.get("status"),
@@ -274,15 +281,11 @@ def load_results(folders) -> Results:
         raise ResultsNotFound("no results folder given")
     log: list[str] = []
     cell_rows, eval_rows, taken = [], [], set()
-    config_keys: dict[str, None] = {}
     for folder in sources:
         rows, evals, suite = load_suite(folder, log, taken)
         taken.add(suite)
         cell_rows.extend(rows)
         eval_rows.extend(evals)
-    for row in cell_rows:
-        if row.get("flag") not in ("missing", "no_config"):
-            config_keys.update(dict.fromkeys(k for k in row if k not in _NON_CONFIG))
     cells = pd.DataFrame(cell_rows)
     for column in ("stage", "model", "dataset", "router", "capacity", "seed", "gmacs",
                    "best_top1", "best_top5", "final_top1", "final_top5", "checkpoint", "error",
@@ -301,10 +304,5 @@ def load_results(folders) -> Results:
         evals[column] = pd.to_numeric(evals[column], errors="coerce").astype(float)
     evals["eval"] = evals.groupby(["suite", "cell"], sort=False).cumcount().astype(int)
     evals = evals.replace([np.inf, -np.inf], np.nan)
-    return Results(cells=cells, evals=evals.reset_index(drop=True), config_keys=list(config_keys),
-                   sources=sources, warnings=log)
+    return Results(cells=cells, evals=evals.reset_index(drop=True), sources=sources, warnings=log)
 
-
-# cells columns that come from summary.json or the loader itself, not from config.json
-_NON_CONFIG = {"suite", "cell", "status", "n_evals", "bad_lines", "flag", "reason", "ok", "path",
-               *SUMMARY_COLUMNS.values()}
