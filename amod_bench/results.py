@@ -9,6 +9,7 @@ Layout (docs/ARCHITECTURE.md is the contract with the report)::
         config.json              the resolved cell configuration
         metrics.jsonl            one JSON object per evaluation
         summary.json             final status and totals
+      analysis/                  written by `bench.py analyze importance`, read by the report
 
 Every write goes to a temporary file in the same folder, then `os.replace`s the
 target, so a crash or a concurrent reader never sees half a file. Only the
@@ -30,6 +31,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
+# analysis/ (amod_bench.analysis writes these files, amod_bench.report reads them)
+ANALYSIS_DIR = "analysis"
+CORRELATIONS = "importance_correlations.csv"
+PRECISION_AT_K = "importance_precision_at_k.csv"
+DIAGNOSTICS = "routing_diagnostics.csv"
+ANALYSIS_INPUTS = "analysis_inputs.json"
 
 FINAL_STATUSES = ("done", "failed", "diverged")
 SUMMARY_STATUSES = (*FINAL_STATUSES, "running")

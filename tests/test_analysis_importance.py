@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.models.vision_transformer import Block
 
-from amod_bench.analysis import ANALYSIS_DIR, CORRELATIONS, DIAGNOSTICS, INPUTS, PRECISION_AT_K
+from amod_bench.results import ANALYSIS_DIR, ANALYSIS_INPUTS, CORRELATIONS, DIAGNOSTICS, PRECISION_AT_K
 from amod_bench.analysis import importance as imp
 from amod_bench.analysis.cli import AnalysisError, analyze_importance
 from amod_bench.cli import main as bench_main
@@ -203,7 +203,7 @@ def test_cli_writes_the_analysis_and_the_report_renders_it(tmp_path, dense):
     assert len(diag) == 2 * len(BLOCKS) and diag["cls_kept"].between(0, 1).all()
     assert diag.loc[diag["block"] == 1, "jaccard_previous"].isna().all()
     assert diag.loc[diag["block"] > 1, "jaccard_previous"].between(0, 1).all()
-    inputs = json.loads((out / INPUTS).read_text())
+    inputs = json.loads((out / ANALYSIS_INPUTS).read_text())
     group = inputs["groups"][0]
     assert inputs["definition"] == "skip" and group["n_images"] == 8 and len(group["labels"]) == 8
     assert group["parent"] == group["reference"] == "pretrain-nano-dense-s0" and group["blocks"] == BLOCKS

@@ -7,6 +7,7 @@ from amod_bench.report import convergence, figures
 from amod_bench.report.accuracy import accuracy_table
 from amod_bench.report.groups import add_variant_columns
 from amod_bench.report.load import load_results
+from amod_bench.routers.traits import routers_in_display_order
 from fixtures_report import Cell, write_suite
 
 MODELS = ("vit_a", "vit_b")
@@ -30,7 +31,7 @@ def suite(tmp_path_factory):
 @pytest.fixture(scope="module")
 def frames(suite):
     res = load_results(suite)
-    cells, _, _ = add_variant_columns(res.cells, res.config_keys)
+    cells, _, _ = add_variant_columns(res.cells)
     ttt = convergence.times_to_target(cells, res.evals)
     return cells, res, ttt
 
@@ -78,7 +79,7 @@ def test_convergence_facets_lines_bands_and_target(frames, x):
             curves = _curves(ax)
             assert len(curves) == 3  # dense (repeated in every capacity column), mod, amod
             colors = {matplotlib.colors.to_hex(line.get_color()) for line in curves}
-            assert colors == {figures.ROUTER_COLORS[r] for r in ("dense", "mod", "amod")}
+            assert colors == {figures.router_color(r) for r in ("dense", "mod", "amod")}
             targets = [line for line in ax.lines if line.get_gid() == "target"]
             assert len(targets) == 1 and targets[0].get_ydata()[0] == pytest.approx(80.0)
             bands = [c for c in ax.collections if c.get_gid() == "band"]
@@ -95,7 +96,7 @@ def test_convergence_mean_over_seeds(frames):
     try:
         ax = grid.axes_dict[_title("vit_a", 0.5)]
         amod = [line for line in _curves(ax)
-                if matplotlib.colors.to_hex(line.get_color()) == figures.ROUTER_COLORS["amod"]][0]
+                if matplotlib.colors.to_hex(line.get_color()) == figures.router_color("amod")][0]
         # seeds plateau at 80 and 81: the mean curve ends at 80.5
         assert amod.get_ydata()[-1] == pytest.approx(80.5)
         assert list(amod.get_xdata()) == list(range(1, 11))
@@ -112,7 +113,7 @@ def test_convergence_facets_only_existing_combinations(tmp_path):
         for cap in (0.125, 0.25, 0.5):
             cells.append(Cell("mod", cap, s, [(0, 20.0), (4, 80.0), (10, 80.0)]))
     res = load_results(write_suite(tmp_path, "mixed", cells))
-    frame, _, _ = add_variant_columns(res.cells, res.config_keys)
+    frame, _, _ = add_variant_columns(res.cells)
     data = figures.convergence_data(frame, res.evals)
     for x in ("epoch", "gmacs", "seconds"):
         grid = figures.convergence_figure(data, convergence.common_targets(frame), x)
@@ -126,7 +127,7 @@ def test_convergence_facets_only_existing_combinations(tmp_path):
             for title, ax in grid.axes_dict.items():
                 colors = {matplotlib.colors.to_hex(line.get_color()) for line in _curves(ax)}
                 routers = {"dense"} if title.startswith("pretrain") else {"dense", "mod"}
-                assert colors == {figures.ROUTER_COLORS[r] for r in routers}
+                assert colors == {figures.router_color(r) for r in routers}
         finally:
             figures.close(grid)
 
@@ -195,6 +196,8 @@ def test_speedup_and_profile_figures(frames):
 
 
 def test_router_colors_are_fixed():
-    assert list(figures.ROUTER_COLORS) == ["dense", "isoflop", "mod", "amod", "mod_tanh", "random", "cls"]
-    assert len(set(figures.ROUTER_COLORS.values())) == 7
+    declared = routers_in_display_order()
+    assert [t.name for t in declared] == ["dense", "isoflop", "mod", "amod", "mod_tanh", "random", "cls"]
+    assert [figures.router_color(t.name) for t in declared] == [t.colour for t in declared]  # each its own
+    assert len({figures.router_color(t.name) for t in declared}) == 7
     assert figures.router_color("new_router") == figures.router_color("new_router")

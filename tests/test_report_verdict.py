@@ -24,7 +24,7 @@ def arm(router, capacity, seed, start, knee, plateau, **kw):
 
 def frames(root, n_boot=1000):
     res = load_results(root)
-    cells, _, _ = add_variant_columns(res.cells, res.config_keys)
+    cells, _, _ = add_variant_columns(res.cells)
     ttt = convergence.times_to_target(cells, res.evals)
     speed = convergence.speedups(ttt, n_boot=n_boot, seed=0)
     return cells, res, verdict.effects(cells, zero_shot.step0_top1(cells, res.evals), speed)
@@ -180,7 +180,7 @@ def test_forest_figure_rows_ci_bars_and_no_effect_lines(known):
             assert len(bars) == 1 and len(bars[0].get_segments()) == n_rows
         colors = {matplotlib.colors.to_hex(c) for c in [c for c in axes[0].collections if c.get_gid() == "ci"][0]
                   .get_colors()}
-        assert colors == {figures.ROUTER_COLORS["amod"], figures.ROUTER_COLORS["mod_tanh"]}
+        assert colors == {figures.router_color("amod"), figures.router_color("mod_tanh")}
     finally:
         figures.close(fig)
 
@@ -192,7 +192,7 @@ def test_zero_shot_parent_reference_without_a_dense_arm(tmp_path):
                       cell_id="parent", extra={"init_from": None}, step0=True)
         cells = [parent] + [arm("amod", 0.5, s, 15.0, 4, 70.0, extra={"init_from": "parent"}) for s in (0, 1)]
         res = load_results(write_suite(tmp_path / name, name, cells))
-        frame, _, _ = add_variant_columns(res.cells, res.config_keys)
+        frame, _, _ = add_variant_columns(res.cells)
         return zero_shot.zero_shot_table(frame, res.evals).set_index("router")
 
     same = suite("same", "digits")

@@ -3,12 +3,7 @@
 `importance` computes the paper's token-importance study (Fig. 7) and the routing
 diagnostics; `cli` selects the cells, runs it and writes plain files under
 `RESULTS_DIR/analysis/`, which the report reads (never this package's code, which
-imports torch). The file names are declared here, torch-free, for both sides.
+imports torch). The file names are part of the results layout (amod_bench.results).
 """
 DEFINITIONS = ("skip", "remove")  # of token importance: see analysis.importance
 REFERENCES = ("parent", "dense")  # the dense model whose token importance is measured: see analysis.cli
-ANALYSIS_DIR = "analysis"  # under the results folder
-CORRELATIONS = "importance_correlations.csv"
-PRECISION_AT_K = "importance_precision_at_k.csv"
-DIAGNOSTICS = "routing_diagnostics.csv"
-INPUTS = "analysis_inputs.json"

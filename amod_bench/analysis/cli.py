@@ -38,10 +38,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import ANALYSIS_DIR, CORRELATIONS, DEFINITIONS, DIAGNOSTICS, INPUTS, PRECISION_AT_K, REFERENCES
+from amod_bench.routers.traits import router_traits, routers_in_display_order
 
-PARENT_ROUTERS = ("amod", "cls", "random")  # parameter-free: they score the parent's own tokens
+from amod_bench.results import ANALYSIS_DIR, ANALYSIS_INPUTS, CORRELATIONS, DIAGNOSTICS, PRECISION_AT_K
+
+from . import DEFINITIONS, REFERENCES
+
 LEVEL = 0.95
+
+
+def parent_routers() -> list[str]:
+    """The routers with no parameters of their own (amod, cls, random): they score the parent's own
+    tokens as they are. Sorted by name, the order of the analysis tables' rows."""
+    return sorted(t.name for t in routers_in_display_order() if t.routes and not t.learns)
 
 
 class AnalysisError(RuntimeError):
@@ -145,12 +154,11 @@ def _routed_cells(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(every cell, the finished routed cells that start from another cell's checkpoint)."""
     from amod_bench.report.groups import add_variant_columns
     from amod_bench.report.load import load_results
-    from amod_bench.routers import get_router_class
 
     results = load_results([folder])
-    cells, _, _ = add_variant_columns(results.cells, results.config_keys)
+    cells, _, _ = add_variant_columns(results.cells)
     ok = cells[cells["ok"]]
-    routes = ok["router"].map(lambda r: get_router_class(r).routes)
+    routes = ok["router"].map(lambda r: router_traits(r).routes)
     routed = ok[routes & ok["init_from"].notna()] if "init_from" in ok else ok.iloc[0:0]
     if routed.empty:
         raise AnalysisError(f"{folder}: no finished routed cell that starts from another cell's checkpoint "
@@ -181,8 +189,8 @@ def analyze_importance(folder: Path, *, n_images: int = 64, definition: str = "s
     inputs["seconds"] = round(time.perf_counter() - started, 2)
     out = folder / ANALYSIS_DIR
     written = {name: write_csv(pd.DataFrame(rows), out, name.removesuffix(".csv")) for name, rows in frames.items()}
-    write_json_atomic(out / INPUTS, inputs)
-    written[INPUTS] = out / INPUTS
+    write_json_atomic(out / ANALYSIS_INPUTS, inputs)
+    written[ANALYSIS_INPUTS] = out / ANALYSIS_INPUTS
     log(f"importance analysis: {len(routed)} routed cells, {inputs['seconds']:.1f} s")
     return written
 
@@ -242,7 +250,7 @@ def _analyze_group(ref: pd.Series, group: pd.DataFrame, *, n_images: int, defini
     # parameter-free routers on the reference weights at C = 1: the dense forward, and the scores its routers compute
     scored = [b for b in blocks if b > 0 and b - 1 not in blocks]  # attention routers read block b-1 over all N
     capacities = sorted({(float(c["capacity"]), c.get("cls_policy") == "keep") for c in configs.values()})
-    for router in PARENT_ROUTERS:
+    for router in parent_routers():
         model = build_from_checkpoint({**ref_config, "router": router, "capacity": 1.0, "cls_policy": "compete",
                                        "routed_layers": blocks if router == "random" else scored,
                                        "router_options": {"seed": seed} if router == "random" else {}},

@@ -39,13 +39,11 @@ import seaborn as sns  # noqa: E402
 
 from .accuracy import t_halfwidth  # noqa: E402
 from .convergence import TARGET_KEYS  # noqa: E402
-from amod_bench.routers.traits import router_colour as router_color, routers_in_display_order  # noqa: E402
+from amod_bench.routers.traits import router_colour as router_color  # noqa: E402
 
 from .groups import at_compared_capacities, display_name, router_rank  # noqa: E402
 from .load import UNITS  # noqa: E402
 
-# the colours declared when the report is imported; only the tests still read it (use router_color)
-ROUTER_COLORS = {t.name: t.colour for t in routers_in_display_order() if t.colour}
 X_UNITS = {  # convergence x axis -> (column, axis label)
     "epoch": ("epoch", "epochs"),
     "gmacs": ("train_gmacs", "training GMACs (cumulative)"),
@@ -476,5 +474,5 @@ def render(name: str, kind: str, kwargs: dict, folder) -> list:
         close(fig)
 
 
-__all__ = ["ROUTER_COLORS", "convergence_data", "convergence_figure", "isoflop_figure",
+__all__ = ["convergence_data", "convergence_figure", "isoflop_figure",
            "speedup_figure", "profile_figure", "forest_figure", "zero_shot_figure", "pareto_front", "router_color", "label_palette", "close", "render"]

@@ -1,7 +1,7 @@
 """Token importance (paper Fig. 7) and routing diagnostics in the report, read from files only.
 
 `bench.py analyze importance RESULTS_DIR` writes `RESULTS_DIR/analysis/*.csv`
-(`amod_bench.analysis` declares the names; definitions in `amod_bench.analysis.cli`);
+(`amod_bench.results` declares the names; definitions in `amod_bench.analysis.cli`);
 this module turns those files into the report's tables and figure and never reruns a
 model (no torch here):
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from amod_bench.analysis import ANALYSIS_DIR, CORRELATIONS, DIAGNOSTICS, PRECISION_AT_K
+from amod_bench.results import ANALYSIS_DIR, CORRELATIONS, DIAGNOSTICS, PRECISION_AT_K
 
 from .markdown import ci_text
 from .output import write_csv, write_markdown
