@@ -8,6 +8,7 @@ Presets (mean/std 0.5, 10 classes) train on a 2-core CPU in seconds; few tokens
 train best there:
     vit_nano_patch7_28    28 px, 16 patches + CLS, width 64, depth 6  (MNIST / digits)
     vit_nano_patch4_28    28 px, 49 patches + CLS, width 96, depth 6
+    vit_pico_patch4_28    28 px, 49 patches + CLS, width 48, depth 6  (the CPU study)
     vit_micro_patch4_32   32 px, 64 patches + CLS, width 128, depth 8 (CIFAR-sized)
 """
 from .config import HALF, ViTConfig
@@ -27,6 +28,9 @@ BUILTIN_MODELS = {
     "vit_nano_patch7_28": ViTConfig(patch_size=7, embed_dim=64, depth=6, num_heads=2, img_size=28, **_PRESET),
     # 28 px, 7x7 patches of 4 px: 50 tokens.
     "vit_nano_patch4_28": ViTConfig(patch_size=4, embed_dim=96, depth=6, num_heads=3, img_size=28, **_PRESET),
+    # 28 px, 7x7 patches of 4 px: 50 tokens at width 48, so routing has k >= 6 tokens to choose
+    # at C = 0.125 while a cell still trains in seconds on one core (the CPU study's model).
+    "vit_pico_patch4_28": ViTConfig(patch_size=4, embed_dim=48, depth=6, num_heads=2, img_size=28, **_PRESET),
     # 32 px, 8x8 patches of 4 px: 65 tokens.
     "vit_micro_patch4_32": ViTConfig(patch_size=4, embed_dim=128, depth=8, num_heads=4, img_size=32, **_PRESET),
 }
