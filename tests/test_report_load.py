@@ -137,3 +137,19 @@ def test_cells_without_axes_are_grouped_by_router_and_capacity_and_say_so(tmp_pa
     with pytest.warns(ReportWarning, match=r"4 cell\(s\) have no `axes`"):
         res = load_results(folder)
     assert variant_axes(res.cells) == []
+
+
+def test_a_searched_lr_is_an_axis_of_the_search_stage_only(tmp_path):
+    """In a stage that takes each arm's lr from a search (select), the arms ran at different lrs:
+    the lr is part of the arm there, so A-MoD and MoD are still compared."""
+    search_axes = ["model", "dataset", "router", "capacity", "routed_layers", "cls_policy", "lr", "seed"]
+    main_axes = [a for a in search_axes if a != "lr"]
+    cells = [Cell(r, 0.5, 0, DENSE_KNOTS, stage="search", extra={"lr": lr, "axes": search_axes})
+             for r in ("amod", "mod") for lr in (1e-4, 1e-3)]
+    cells += [Cell(r, 0.5, s, DENSE_KNOTS, stage="main", extra={"lr": lr, "axes": main_axes})
+              for r, lr in (("amod", 1e-3), ("mod", 1e-4)) for s in (0, 1)]
+    res = load_results(write_suite(tmp_path, "select", cells))
+    frame, _, recipe_axes = add_variant_columns(res.cells)
+    assert recipe_axes == ["lr"]
+    assert set(frame.loc[frame["stage"] == "search", "recipe"]) == {"lr=0.0001", "lr=0.001"}
+    assert set(frame.loc[frame["stage"] == "main", "recipe"]) == {""}  # one recipe: the arms compare

@@ -202,3 +202,15 @@ def test_zero_shot_parent_reference_without_a_dense_arm(tmp_path):
     other = suite("other", "mnist")
     assert np.isnan(other.loc["amod", "parent_top1"]) and np.isnan(other.loc["amod", "kept"])
     assert other.loc["amod", "parent_source"].startswith("none")
+
+
+def test_a_zero_speedup_says_whether_the_router_never_got_there_or_the_baseline_started_there():
+    from types import SimpleNamespace
+
+    from amod_bench.report.markdown import effect_text
+
+    row = dict(measure="epoch", estimate=0.0, ci_low=0.0, ci_high=0.0, word="A-MoD slower")
+    started_there = SimpleNamespace(**row, router_median=1.2, baseline_median=0.0)
+    never_reached = SimpleNamespace(**row, router_median=float("inf"), baseline_median=3.0)
+    assert effect_text(started_there).startswith("baseline at target from step 0")
+    assert effect_text(never_reached).startswith("router not reached")

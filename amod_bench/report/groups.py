@@ -59,7 +59,11 @@ def variant_axes(cells: pd.DataFrame) -> list[str]:
 
 
 def _label(row: pd.Series, keys: list[str]) -> str:
-    return ", ".join(f"{k}={row[k]}" for k in keys if pd.notna(row[k]))
+    """The values of `keys` that are grid axes of this cell's own stage: in a stage that takes its
+    lr from a search (select), each arm's lr is part of the arm, not a variant of it."""
+    own = row.get("axes")
+    own = own if isinstance(own, tuple) else ()
+    return ", ".join(f"{k}={row[k]}" for k in keys if k in own and pd.notna(row[k]))
 
 
 def add_variant_columns(cells: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:

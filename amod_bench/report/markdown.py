@@ -105,6 +105,8 @@ def effect_text(row) -> str:
     if row.measure in SPEEDUPS:
         if np.isnan(row.estimate):
             point = "neither reached"
+        elif row.estimate == 0 and row.baseline_median == 0:
+            point = "baseline at target from step 0"  # nothing to speed up: the baseline starts there
         elif row.estimate == 0 or np.isinf(row.estimate):
             point = "router not reached" if row.estimate == 0 else "baseline not reached"
         else:

@@ -17,7 +17,8 @@ Measures (`MEASURES`):
 * `epoch`, `train_macs`, `train_seconds`: the time-to-target speedup
   (baseline time / router time, > 1: router faster) against the common target,
   with its percentile-bootstrap CI, paired by seed when the seeds match
-  (convergence.speedups).
+  (convergence.speedups); `router_median` / `baseline_median` are both sides'
+  median times (a baseline at 0 was at the target before any training).
 
 The word comes from the CI alone, never from the point estimate: a CI wholly
 above the no-effect value (0 for differences, 1 for speedups) gives "better" /
@@ -130,11 +131,12 @@ def effects(cells: pd.DataFrame, step0: pd.Series, speed: pd.DataFrame, level: f
                 s = common.loc[key]
                 found = dict(estimate=s["speedup"], ci_low=s["ci_low"], ci_high=s["ci_high"], method=s["method"],
                              n_router=int(s["n_router"]), n_baseline=int(s["n_baseline"]),
-                             paired=s["method"] == PAIRED_BOOTSTRAP)
+                             paired=s["method"] == PAIRED_BOOTSTRAP,
+                             router_median=s["router_median"], baseline_median=s["baseline_median"])
             if found:
                 rows.append({**comp, "measure": measure, "no_effect": no_effect(measure), **found,
                              "word": word(measure, found["ci_low"], found["ci_high"], who,
                                           min(found["n_router"], found["n_baseline"]))})
     columns = [*COMPARISON_KEYS, "measure", "no_effect", "estimate", "ci_low", "ci_high", "method", "n_router",
-               "n_baseline", "paired", "word"]
+               "n_baseline", "paired", "word", "router_median", "baseline_median"]
     return pd.DataFrame(rows, columns=columns)
