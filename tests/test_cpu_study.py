@@ -4,13 +4,12 @@ committed results, whose report must regenerate from files alone."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from amod_bench.report.build import ReportOptions, build_report
+from committed_results import assert_report_regenerates
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "suites" / "cpu_study.yaml"
@@ -52,11 +51,4 @@ def test_shrunken_study_runs_every_stage_and_arm_through_ray_and_reports(ray_clu
 
 
 def test_committed_study_report_regenerates_from_files(tmp_path):
-    assert (COMMITTED / "index.json").exists(), "results/cpu_study is not committed"
-    tracked = subprocess.run(["git", "ls-files", str(COMMITTED)], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.split()
-    assert tracked and not [f for f in tracked if f.endswith((".safetensors", ".pt"))], \
-        "checkpoints must not be committed"
-    report = build_report([COMMITTED], tmp_path / "report", ReportOptions(figures=False))
-    for table in sorted((COMMITTED / "report" / "tables").glob("*.csv")):
-        assert (report.out / "tables" / table.name).read_text() == table.read_text(), table.name
+    assert_report_regenerates(COMMITTED, tmp_path)
