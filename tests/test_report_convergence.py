@@ -242,3 +242,34 @@ def test_explicit_targets_win_over_either_rule(tmp_path, common_rule):
     assert dense["epoch"].tolist() == pytest.approx([3.5, 3.5])  # 20 + 10 e = 55
     with pytest.raises(ValueError, match="common target rule"):
         convergence.common_targets(frame, rule="median")
+
+
+def test_every_run_rule_is_reached_by_every_run_and_bounds_every_speedup_ci(tmp_path):
+    root = synthetic_suite(tmp_path, models=("vit_tiny",), seeds=(0, 1, 2, 3), epochs=20)
+    frame, res, ttt = _ttt(root, common_rule="every_run")
+    common = ttt[ttt["rule"] == "common"]
+    assert common["reached"].all() and np.isfinite(common[list(convergence.UNITS)].to_numpy()).all()
+    targets = convergence.common_targets(frame, rule="every_run").set_index("capacity")
+    for capacity, target in targets["common_target"].items():
+        compared = frame[frame["ok"] & ((frame["capacity"] == capacity) | (frame["router"] == "dense"))]
+        assert target == compared["best_top1"].min()
+    assert targets["target_source"].str.startswith("lowest best of any run: ").all()
+    sp = convergence.speedups(ttt, n_boot=200, seed=0)
+    common_sp = sp[sp["rule"] == "common"]
+    assert np.isfinite(common_sp[["speedup", "ci_low", "ci_high"]].to_numpy()).all()
+    assert (common_sp["ci_low"] > 0).all()
+
+
+def test_the_suites_common_rule_applies_unless_the_cli_gives_one(tmp_path):
+    every_run = {"targets": {"within_peak_pct": 2.0, "top1": None, "common_rule": "every_run"}}
+    bests = (70.0, 72.0, 74.0)
+    cells = [Cell(router, cap, s, [(0, 20.0), (6, p), (10, p)], extra=every_run)
+             for router, cap in (("dense", None), ("amod", 0.5)) for s, p in enumerate(bests)]
+    res = load_results(write_suite(tmp_path, "rule", cells))
+    frame, _, _ = add_variant_columns(res.cells)
+    assert convergence.rules_in_use(frame) == ["every_run"]
+    suite = convergence.common_targets(frame)
+    assert suite["common_target"].tolist() == [70.0]
+    assert suite["target_source"].iloc[0].startswith("lowest best of any run")
+    cli = convergence.common_targets(frame, rule="lowest")
+    assert cli["common_target"].tolist() == [72.0] and convergence.rules_in_use(frame, rule="lowest") == ["lowest"]

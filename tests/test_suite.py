@@ -374,7 +374,7 @@ def test_cell_config_paths_and_defaults(tmp_path):
     assert config["resources"] == {"workers": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0,
                                    "max_failures": 0, "checkpoints_to_keep": 1, "data_cache_mb": 256.0,
                                    "prestart": False}
-    assert config["targets"] == {"within_peak_pct": 2.0, "top1": None}
+    assert config["targets"] == {"within_peak_pct": 2.0, "top1": None, "common_rule": "lowest"}
     mod_tanh = next(c for c in expand(suite) if c.config.router == "mod_tanh")
     assert mod_tanh.config.to_json()["router_options"] == {"alpha": 0.5}
 

@@ -40,7 +40,7 @@ class ReportOptions:
     within: float | None = None  # X of the peak rule; None: each cell's targets.within_peak_pct (default 2)
     peak_mode: str = "points"  # "points": peak - X; "relative": peak * (1 - X/100)
     target_top1: float | None = None  # common target for every workload; None: targets.top1, else common_rule
-    common_rule: str = "lowest"  # "lowest": lowest median best among the arms at a capacity; "dense": dense median best
+    common_rule: str | None = None  # convergence.COMMON_RULES; None: each suite's targets.common_rule (default lowest)
     n_boot: int = 2000  # bootstrap resamples per speedup CI
     seed: int = 0  # bootstrap seed (each comparison derives its own stream from it)
     level: float = 0.95  # confidence level of every CI
@@ -118,12 +118,21 @@ def _shown(path) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
-def _target_text(options: ReportOptions) -> str:
+RULE_TEXT = {
+    "lowest": "the lowest median-over-seeds best val top-1 among the arms compared at that capacity (dense "
+              "included), so every arm reaches it on most seeds",
+    "every_run": "the lowest best val top-1 of any run compared at that capacity (dense included), so every run "
+                 "reaches it and every speedup CI is bounded",
+    "dense": "the full-depth dense model's median-over-seeds best val top-1 (one per stage, model and dataset)",
+}
+
+
+def _target_text(options: ReportOptions, cells: pd.DataFrame) -> str:
     if options.target_top1 is not None:
         return f"common target: {options.target_top1:g}% val top-1 for every workload (--target-top1)"
-    rule = ("the lowest median-over-seeds best val top-1 among the arms compared at that capacity (dense included), "
-            "so every arm reaches it on most seeds" if options.common_rule == "lowest" else
-            "the full-depth dense model's median-over-seeds best val top-1 (one per stage, model and dataset)")
+    rules = convergence.rules_in_use(cells, rule=options.common_rule)
+    rule = "; or ".join(f"{RULE_TEXT[r]}" + (f" (targets.common_rule {r})" if len(rules) > 1 else "")
+                        for r in rules) or RULE_TEXT[convergence.DEFAULT_COMMON_RULE]
     return (f"common target (tables/targets.csv), one per stage, model, dataset, recipe and capacity: the suite's "
             f"targets.top1 if set, else {rule} (for even n the lower middle value)")
 
@@ -152,7 +161,7 @@ def build_report(folders, out: Path | str | None = None, options: ReportOptions 
             f"bootstrap CI, {options.n_boot} resamples, seed {options.seed}, paired by seed when both arms ran "
             "the same seeds, else both sides resampled independently (column method); baselines matched on "
             "workload, recipe and capacity (dense: every capacity)")
-    target_text = _target_text(options)
+    target_text = _target_text(options, cells)
 
     sources = ", ".join(f"`{_shown(p)}`" for p in results.sources)
     n_flagged = int((~cells["ok"]).sum())

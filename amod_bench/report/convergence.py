@@ -17,14 +17,21 @@ Rules (also printed in the report, one line per table or figure):
 * **common rule** (AlgoPerf-style): one target per compared set, i.e. per
   (stage, model, dataset, recipe, capacity), the full-depth dense arm
   included at every capacity. In order of precedence: `--target-top1`; the
-  suite's `targets.top1`; else the rule `common_rule`:
-  - `"lowest"` (default): the lowest, over the arms compared there, of each
-    arm's median over seeds of its best val_top1 (`median_low`). Every arm's
+  suite's `targets.top1`; else the rule `--common-target`, else the suite's
+  `targets.common_rule` (default `"lowest"`):
+  - `"lowest"`: the lowest, over the arms compared there, of each arm's
+    median over seeds of its best val_top1 (`median_low`). Every arm's
     median best is at or above it, so every arm reaches it on most of its
     seeds (at least n - floor((n-1)/2) of n) and its median time is finite:
     the time to target is defined for every arm that trains normally. (The
     dense median best, the old default, is a target the routed arms of a
     small fine-tune may never reach, which leaves their time undefined.)
+    A bootstrap resample in which most of an arm's seeds missed the target
+    has an infinite median, so the weakest arm's speedup CIs often run to
+    0 or inf.
+  - `"every_run"`: the lowest best val_top1 of any run compared there: every
+    run reaches it, so every time is finite and every speedup CI bounded,
+    at the price of a lower (earlier) target set by the weakest single run.
   - `"dense"`: the median over seeds of the full-depth dense model's best
     val_top1 (if several dense variants, the highest of their medians), one
     target per (stage, model, dataset).
@@ -106,7 +113,8 @@ def median_low(values) -> float:
     return float(v[(v.size - 1) // 2]) if v.size else np.nan
 
 
-COMMON_RULES = ("lowest", "dense")
+COMMON_RULES = ("lowest", "every_run", "dense")
+DEFAULT_COMMON_RULE = "lowest"
 TARGET_KEYS = [*WORKLOAD_KEYS, "recipe", "capacity"]  # one common target per compared set
 
 
@@ -129,15 +137,35 @@ def _lowest_median_best(ok: pd.DataFrame) -> tuple[float, str]:
     return float(low["best"]), f"lowest median best: {low['router']} (n={int(low['n'])})"
 
 
-def common_targets(cells: pd.DataFrame, top1: float | None = None, rule: str = "lowest") -> pd.DataFrame:
+def _lowest_run_best(ok: pd.DataFrame) -> tuple[float, str]:
+    runs = ok[np.isfinite(ok["best_top1"].to_numpy(float))]
+    if runs.empty:
+        return np.nan, "none: no finished cell"
+    low = runs.sort_values(["best_top1", "cell"], kind="stable").iloc[0]
+    return float(low["best_top1"]), f"lowest best of any run: {low['router_label']} seed {low['seed']} (n={len(runs)})"
+
+
+def _rule_of(group: pd.DataFrame, rule: str | None) -> tuple[str, str]:
+    """The rule for one compared set: `rule` (the CLI's) if given, else the suites' targets.common_rule."""
+    if rule is not None:
+        return rule, ""
+    in_suite = group["target_common_rule"].dropna().unique() if "target_common_rule" in group else []
+    if len(in_suite) == 0:
+        return DEFAULT_COMMON_RULE, ""
+    chosen = sorted(in_suite)[0]
+    return chosen, f" (first of {sorted(in_suite)})" if len(in_suite) > 1 else ""
+
+
+def common_targets(cells: pd.DataFrame, top1: float | None = None, rule: str | None = None) -> pd.DataFrame:
     """One row per compared set (TARGET_KEYS): `common_target` and where it came from (`target_source`).
 
     `top1` (a CLI override) wins over the suites' `targets.top1`, which wins
-    over `rule` ("lowest" or "dense", see the module docstring). The dense
-    arm is compared at every capacity of its (workload, recipe). Only `ok`
-    cells set a target.
+    over `rule` (a CLI override, see COMMON_RULES and the module docstring),
+    which wins over the suites' `targets.common_rule`. The dense arm is
+    compared at every capacity of its (workload, recipe). Only `ok` cells set
+    a target.
     """
-    if rule not in COMMON_RULES:
+    if rule is not None and rule not in COMMON_RULES:
         raise ValueError(f"common target rule must be one of {COMMON_RULES}, got {rule!r}")
     dense_rule = {key: _dense_median_best(group[group["ok"]]) for key, group in cells.groupby(WORKLOAD_KEYS)}
     rows = []
@@ -149,17 +177,33 @@ def common_targets(cells: pd.DataFrame, top1: float | None = None, rule: str = "
             target, source = float(set_in_suite.iloc[0]), "targets.top1"
             if set_in_suite.nunique() > 1:
                 source += f" (first of {sorted(set_in_suite.unique())})"
-        elif rule == "dense":
-            target, source = dense_rule[key[:len(WORKLOAD_KEYS)]]
         else:
-            target, source = _lowest_median_best(group[group["ok"]])
+            chosen, mixed = _rule_of(group, rule)
+            if chosen == "dense":
+                target, source = dense_rule[key[:len(WORKLOAD_KEYS)]]
+            elif chosen == "every_run":
+                target, source = _lowest_run_best(group[group["ok"]])
+            else:
+                target, source = _lowest_median_best(group[group["ok"]])
+            source += mixed
         rows.append(dict(zip(TARGET_KEYS, key), common_target=target, target_source=source))
     return pd.DataFrame(rows, columns=[*TARGET_KEYS, "common_target", "target_source"])
 
 
+def rules_in_use(cells: pd.DataFrame, top1: float | None = None, rule: str | None = None) -> list[str]:
+    """The common rules the report applies somewhere (for its methods text), in COMMON_RULES order."""
+    if top1 is not None:
+        return []
+    if rule is not None:
+        return [rule]
+    unset = cells["target_top1"].isna()
+    used = set(cells.loc[unset, "target_common_rule"].fillna(DEFAULT_COMMON_RULE)) if unset.any() else set()
+    return [r for r in COMMON_RULES if r in used]
+
+
 def times_to_target(cells: pd.DataFrame, evals: pd.DataFrame, *, within: float | None = None,
                     peak_mode: str = "points", common_top1: float | None = None,
-                    common_rule: str = "lowest") -> pd.DataFrame:
+                    common_rule: str | None = None) -> pd.DataFrame:
     """One row per (cell, compared capacity, rule) for every cell with evals: target, peak, time in each unit.
 
     A dense cell has a row at every capacity it is compared at (its common

@@ -7,7 +7,8 @@ and nothing else (no Ray, no torch, no training code).
 Two frames come out:
 
 * `cells`: one row per cell. Flat config keys (lists/dicts as canonical JSON
-  strings, `targets` split into `target_within_peak_pct` / `target_top1`), the
+  strings, `targets` split into `target_within_peak_pct` / `target_top1` /
+  `target_common_rule`), the
   summary (`status`, `best_top1`, ..., `total_train_seconds`,
   `total_train_macs`, `checkpoint`, `error`), and the flags `ok` / `flag` /
   `reason`. Unfinished, failed, diverged and unreadable cells are kept with
@@ -146,6 +147,7 @@ def _flat_config(config: dict) -> dict:
         if key == "targets" and isinstance(value, dict):
             row["target_within_peak_pct"] = value.get("within_peak_pct")
             row["target_top1"] = value.get("top1")
+            row["target_common_rule"] = value.get("common_rule")
             continue
         row["cell" if key == "id" else key] = _flat_value(value)
     return row
@@ -289,7 +291,7 @@ def load_results(folders) -> Results:
     cells = pd.DataFrame(cell_rows)
     for column in ("stage", "model", "dataset", "router", "capacity", "seed", "gmacs",
                    "best_top1", "best_top5", "final_top1", "final_top5", "checkpoint", "error",
-                   "target_within_peak_pct", "target_top1"):
+                   "target_within_peak_pct", "target_top1", "target_common_rule"):
         if column not in cells:
             cells[column] = None
     for column in ("capacity", "gmacs", "best_top1", "best_top5", "final_top1", "final_top5",

@@ -25,7 +25,8 @@ Full example (every field shown; most have defaults and can be left out)::
     max_concurrent: 4                   # cells at once over the whole suite (one Tune run); capped to how many of the smallest cell the cluster holds (a bigger cell waits for its workers)
     targets:                            # the report's two convergence rules
       within_peak_pct: 2.0              # epochs to get within this many points (%) of the run's own peak
-      top1: null                        # common target top-1 (%); null = the report's --common-target rule
+      top1: null                        # common target top-1 (%); null = common_rule
+      common_rule: lowest               # lowest (median best of the weakest arm) | every_run (lowest best of any run) | dense
     analyses: [importance]              # after the cells, `bench.py analyze NAME` on their checkpoints (default none)
     max_cells: 10000                    # refuse a bigger grid product (a typo'd list); null = no limit (--allow-large-grid)
 

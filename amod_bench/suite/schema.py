@@ -55,7 +55,10 @@ Name = Annotated[Text, _NAME]
 @dataclass(frozen=True)
 class Targets:
     within_peak_pct: PositiveNumber = 2.0  # points (%) below the run's own peak: the paper's rule
-    top1: Annotated[Number, _PERCENT] | None = None  # common target top-1 (%); null = dense median
+    top1: Annotated[Number, _PERCENT] | None = None  # common target top-1 (%); null = common_rule
+    # lowest = lowest median-over-seeds best among the compared arms; every_run = lowest best of any
+    # run compared (every run reaches it, so bootstrap CIs stay bounded); dense = dense median best
+    common_rule: Literal["lowest", "every_run", "dense"] = "lowest"  # the report's common target when top1 is null
 
 
 @dataclass(frozen=True)
