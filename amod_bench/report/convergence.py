@@ -142,7 +142,8 @@ def _lowest_run_best(ok: pd.DataFrame) -> tuple[float, str]:
     if runs.empty:
         return np.nan, "none: no finished cell"
     low = runs.sort_values(["best_top1", "cell"], kind="stable").iloc[0]
-    return float(low["best_top1"]), f"lowest best of any run: {low['router_label']} seed {low['seed']} (n={len(runs)})"
+    seed = f" seed {int(low['seed'])}" if pd.notna(low["seed"]) else ""
+    return float(low["best_top1"]), f"lowest best of any run: {low['router_label']}{seed} (n={len(runs)})"
 
 
 def _rule_of(group: pd.DataFrame, rule: str | None) -> tuple[str, str]:
