@@ -130,7 +130,8 @@ def summarize(history: list[dict], status: str) -> dict:
     return {"status": status, **best_and_final(history),
             "train_seconds": last.get("train_seconds", 0.0), "eval_seconds": last.get("eval_seconds", 0.0),
             "train_macs": last.get("train_macs", 0),
-            "steps": last.get("step", 0), "skipped": last.get("skipped", 0)}
+            "steps": last.get("step", 0), "train_skipped": last.get("train_skipped", 0),
+            "val_skipped": last.get("val_skipped", 0)}
 
 
 @dataclass(frozen=True)

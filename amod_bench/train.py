@@ -6,9 +6,14 @@ Ray Train (rank, DDP, checkpoints, `ray.train.report`) and nothing of Tune, suit
 files or result files: the runner turns each report into result rows.
 
 Each evaluation reports one row (keys in docs/ARCHITECTURE.md) together with a
-checkpoint, so a restarted worker group resumes exactly at the last reported
-row and the history has neither gaps nor repeats. A non-finite training loss
-ends the cell with a final row whose `status` is `diverged`.
+checkpoint that holds every row up to it (`metrics.jsonl`) and the RNG state.
+A worker group that starts from a checkpoint (after a worker failure, or on the
+rerun of an interrupted or killed suite) first reports those rows as the cell's
+history, then trains on from that step exactly as an uninterrupted run would:
+rows the driver never received, because it died between the worker's checkpoint
+and its report, come back from the checkpoint, and rows after it are trained
+again and replace any the driver kept. A non-finite training loss ends the cell
+with a final row whose `status` is `diverged`.
 """
 from __future__ import annotations
 
@@ -31,7 +36,8 @@ from amod_bench.costs import CellCosts
 from amod_bench.suite import CellConfig, Recipe
 
 CHECKPOINT_WEIGHTS = "model.safetensors"   # timm state-dict keys: loadable by build_model(pretrained=...)
-CHECKPOINT_STATE = "train_state.pt"        # optimizer + counters; loaded with weights_only=True
+CHECKPOINT_STATE = "train_state.pt"        # optimizer + counters + RNG state; loaded with weights_only=True
+CHECKPOINT_ROWS = "metrics.jsonl"          # every evaluation row up to the checkpoint: the history travels with it
 DIVERGENCE_CHECK_EVERY = 10                # steps between loss checks: each one is a device sync
 
 
@@ -102,21 +108,49 @@ def evaluate(model, loader, device, autocast) -> dict:
             "val_loss": loss_sum / n, "val_samples": int(n), "val_skipped": int(skipped)}
 
 
-def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, state: dict) -> None:
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, state: dict, rows: list[dict]) -> None:
     from safetensors.torch import save_file
+
+    from amod_bench.results import CellFiles
 
     weights = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
     save_file(weights, str(folder / CHECKPOINT_WEIGHTS))
-    torch.save({"optimizer": optimizer.state_dict(), **state}, folder / CHECKPOINT_STATE)
+    # rank 0's RNG streams (torch's, and modules' own such as the random router's); every rank
+    # seeds the same streams and draws alike, so restoring them on every rank resumes all of
+    # them where they were
+    rng = {"torch_rng": torch.get_rng_state(), "module_rng": _module_rng_states(model)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda_rng"] = torch.cuda.get_rng_state()
+    torch.save({"optimizer": optimizer.state_dict(), **state, **rng}, folder / CHECKPOINT_STATE)
+    CellFiles(folder).write_metrics(rows)
 
 
-def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer) -> dict:
+def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer) -> tuple[dict, list[dict] | None]:
+    """(counters, the rows up to the checkpoint or None for a checkpoint without them); restores
+    the weights, the optimizer and the RNG state."""
     from safetensors.torch import load_file
+
+    from amod_bench.results import CellFiles
 
     _unwrap(model).load_state_dict(load_file(str(folder / CHECKPOINT_WEIGHTS)))
     state = torch.load(folder / CHECKPOINT_STATE, weights_only=True)
     optimizer.load_state_dict(state.pop("optimizer"))
-    return state
+    if "torch_rng" in state:
+        torch.set_rng_state(state.pop("torch_rng"))
+    for name, module_state in state.pop("module_rng", {}).items():
+        _unwrap(model).get_submodule(name).load_rng_state(module_state)
+    cuda_rng = state.pop("cuda_rng", None)
+    if cuda_rng is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda_rng)
+    rows = CellFiles(folder).read_metrics() if (folder / CHECKPOINT_ROWS).exists() else None
+    return state, rows
+
+
+def _module_rng_states(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The position of every module's own random stream (the random router's), by module name."""
+    states = {name: module.rng_state() for name, module in _unwrap(model).named_modules()
+              if hasattr(module, "rng_state")}
+    return {name: state for name, state in states.items() if state is not None}
 
 
 def _rank_checksums(model: torch.nn.Module, world_size: int) -> list[float]:
@@ -207,16 +241,23 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # ---- resume after a worker failure or an interrupted suite
     state = {"step": 0, "samples": 0, "train_seconds": 0.0, "eval_seconds": 0.0, "train_macs": 0, "skipped": 0}
+    rows: list[dict] = []  # every evaluation row so far, saved with each checkpoint
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state.update(load_checkpoint(Path(folder), model, optimizer))
+            counters, saved_rows = load_checkpoint(Path(folder), model, optimizer)
+            state.update(counters, skipped=counters.get("skipped", 0) if rank == 0 else 0)
+        if saved_rows is not None:  # the truth up to the checkpoint, whatever reached the driver
+            rows = saved_rows
+            ray.train.report({"history": rows, "resumed_from": checkpoint.path})
 
     def report(row: dict, with_checkpoint: bool) -> None:
         # Every rank calls report (it is a barrier); rank 0 alone writes the checkpoint.
+        if row["status"] == "running":  # an evaluation row (not the last one of a diverged run)
+            rows.append(row)
         if with_checkpoint and rank == 0:
             with tempfile.TemporaryDirectory() as folder:
-                save_checkpoint(Path(folder), model, optimizer, state)
+                save_checkpoint(Path(folder), model, optimizer, state, rows)
                 ray.train.report({"row": row}, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report({"row": row})
@@ -225,14 +266,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
         tic_eval = time.perf_counter()
         row = {"step": state["step"], "epoch": state["step"] / steps_per_epoch,
                "samples": state["samples"], "train_macs": state["train_macs"],
-               "train_seconds": state["train_seconds"], "skipped": state["skipped"],
+               "train_seconds": state["train_seconds"],
                "lr": get_lr(state["step"], total_steps, warmup_steps, recipe.lr, recipe.schedule),
                "train_loss": train_loss, "status": "running", "hardware": hardware}
         row.update(evaluate(model, val_batches, device, autocast))
         train_skipped = torch.tensor(float(state["skipped"]), device=device)
         if dist.is_initialized():
             dist.all_reduce(train_skipped)
-        row["skipped"] = int(train_skipped.item()) + row.pop("val_skipped")
+        row["train_skipped"] = int(train_skipped.item())  # over the whole run, all ranks; val_skipped: this eval
+        # rank 0 carries the total so far (and saves it with the checkpoint), the others count anew
+        state["skipped"] = row["train_skipped"] if rank == 0 else 0
         if state["step"] == total_steps:  # proof that DDP kept every rank's weights identical
             row["rank_checksums"] = _rank_checksums(model, world_size)
         state["eval_seconds"] += time.perf_counter() - tic_eval

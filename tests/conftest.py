@@ -2,7 +2,14 @@
 this machine with `ray.cluster_utils.Cluster` (every node on 127.0.0.1)."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+from amod_bench.runner.ray_session import DRIVER_ENV, LOCAL_RAY_ENV
+
+# before any test imports Ray: every node on 127.0.0.1, as a local instance of bench.py
+os.environ.update({**LOCAL_RAY_ENV, **DRIVER_ENV})
 
 
 @pytest.fixture(scope="session")
@@ -11,9 +18,8 @@ def ray_cluster(tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
-    from amod_bench.runner import loopback_only, ray_env
+    from amod_bench.runner import ray_env
 
-    loopback_only()  # every node on 127.0.0.1, as a local instance of bench.py
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1",
                                       "include_dashboard": False})

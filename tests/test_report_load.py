@@ -153,3 +153,22 @@ def test_a_searched_lr_is_an_axis_of_the_search_stage_only(tmp_path):
     assert recipe_axes == ["lr"]
     assert set(frame.loc[frame["stage"] == "search", "recipe"]) == {"lr=0.0001", "lr=0.001"}
     assert set(frame.loc[frame["stage"] == "main", "recipe"]) == {""}  # one recipe: the arms compare
+
+
+def test_skipped_samples_reach_the_cells_table_and_the_index(tmp_path):
+    from amod_bench.report.build import ReportOptions, build_report
+
+    root = known_suite(tmp_path)
+    res = load_results(root)
+    skipping = res.cells["cell"].iloc[0]
+    summary_path = root / "cells" / skipping / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary_path.write_text(json.dumps({**summary, "train_skipped": 7, "val_skipped": 2}))
+    out = tmp_path / "report"
+    build_report([root], out, ReportOptions(n_boot=50, figures=False, routing_maps=False), log=lambda m: None)
+    table = (out / "tables" / "cells.csv").read_text().splitlines()
+    header = table[0].split(",")
+    row = next(line for line in table if line.startswith(f"known,{skipping},")).split(",")
+    assert (row[header.index("train_skipped")], row[header.index("val_skipped")]) == ("7.0", "2.0")
+    index = (out / "index.md").read_text()
+    assert f"Skipped samples: 1 cells" in index and f"`{skipping}` (7 train_skipped, 2 val_skipped)" in index

@@ -126,6 +126,19 @@ def test_random_router_is_seeded_and_reproducible():
     assert torch.equal(a(x, None), first[0])
 
 
+def test_random_router_resumes_its_stream_from_a_saved_position():
+    # what a training checkpoint keeps, so a resumed cell routes as an uninterrupted one
+    x = torch.zeros(2, 50, 4)
+    a = create_router("random", dim=4, seed=7)
+    assert a.rng_state() is None  # nothing drawn yet
+    a(x, None)
+    position = a.rng_state()
+    expected = [a(x, None) for _ in range(2)]
+    resumed = create_router("random", dim=4, seed=7)
+    resumed.load_rng_state(position)
+    assert all(torch.equal(resumed(x, None), e) for e in expected)
+
+
 # ---- layout rules
 
 

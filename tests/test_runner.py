@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from amod_bench.results import ResultsFolder
-from amod_bench.runner import run_suite
+from amod_bench.runner import ray_fast_path, run_suite
 from amod_bench.suite import expand, load_suite
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -50,9 +50,7 @@ def cells_of(path: Path):
 
 def test_two_node_ddp_cell_keeps_ranks_identical(ray_cluster, tmp_path):
     # Each node has 2 CPUs and each worker asks for 2, so the two DDP ranks sit on different nodes.
-    # The cell's TrainController runs in its trial's process (runner.trial.cell_trainer_class).
-    import ray
-
+    # On the fast path the cell's TrainController runs in its trial's process (runner.ray_fast_path).
     path = write_suite(tmp_path, "ddp", """\
         - name: main
           grid: {router: amod, capacity: 0.5}
@@ -70,9 +68,10 @@ def test_two_node_ddp_cell_keeps_ranks_identical(ray_cluster, tmp_path):
     assert rows[-1]["train_macs"] == 20 * 64 * cell_config(results, cell.id)["train_macs_per_sample"]
     assert all(0 <= r["val_top1"] <= 100 for r in rows)
     # The cluster's actor table (every actor of the session, dead ones too): Ray Train's workers,
-    # and never a controller actor
-    classes = {actor["ActorClassName"] for actor in ray._private.state.actors().values()}
-    assert "RayTrainWorker" in classes and "TrainController" not in classes
+    # and on the fast path never a controller actor
+    if ray_fast_path.enabled():
+        classes = ray_fast_path.actor_class_names()
+        assert "RayTrainWorker" in classes and "TrainController" not in classes
 
 
 def cell_config(results: ResultsFolder, cell_id: str) -> dict:
@@ -190,7 +189,8 @@ def test_interrupted_suite_reruns_only_unfinished_cells(ray_cluster, tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as a user would
-    proc.wait(timeout=120)
+    output, _ = proc.communicate(timeout=120)
+    assert "Tuner.restore" not in output and "To resume, run the same command again" in output, output
     unfinished = [c.id for c in cells if results.cell(c.id).status() != "done"]
     assert unfinished, "interrupt came too late: every cell had finished"
 
@@ -280,3 +280,78 @@ def test_board_wakes_a_trial_waiting_on_dependencies_when_they_finish(ray_cluste
         assert time.monotonic() - tic < 10  # woken by the finish, not by the 30 s timeout
     finally:
         ray.kill(board)
+
+
+def _without_timings(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]
+
+
+def test_killed_driver_rerun_restores_every_row_from_the_checkpoint(ray_cluster, tmp_path):
+    # A random router draws from torch's RNG, so an identical resumed curve also needs the RNG
+    # state restored from the checkpoint. Evals every 10 steps over 6 epochs: 13 rows.
+    stages = """\
+        - name: main
+          grid: {router: random, capacity: 0.5}
+          recipe: {epochs: 6, eval_every: 0.5}
+        """
+    (tmp_path / "reference").mkdir()
+    reference = write_suite(tmp_path / "reference", "killed", stages)
+    run_suite(reference)
+    ref_results, (ref_cell,) = cells_of(reference)
+    expected = _without_timings(ref_results.cell(ref_cell.id).read_metrics())
+    assert [r["step"] for r in expected] == list(range(0, 121, 10))
+
+    (tmp_path / "killed").mkdir()
+    path = write_suite(tmp_path / "killed", "killed", stages)
+    results, (cell,) = cells_of(path)
+    files = results.cell(cell.id)
+    proc = subprocess.Popen([sys.executable, "bench.py", "run", str(path), "--address", ray_cluster.address],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(files.read_metrics()) < 5:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, with no cleanup
+    proc.wait(timeout=60)
+    kept = files.read_metrics()
+    assert 5 <= len(kept) < len(expected), "the kill came too late: the cell had finished"
+    # rows that never reached the driver (it died between the worker's checkpoint and its report)
+    files.write_metrics(kept[:2])
+
+    statuses = run_suite(path)
+    assert statuses[cell.id] == "done"
+    assert _without_timings(files.read_metrics()) == expected  # every row once, as uninterrupted
+    summary = files.read_summary()
+    assert summary["steps"] == 120 and summary["checkpoint"]
+    kept_checkpoints = [f for f in Path(summary["checkpoint"]).parent.glob("checkpoint_*") if f.is_dir()]
+    assert kept_checkpoints == [Path(summary["checkpoint"])]  # checkpoints_to_keep: 1, nothing stale
+
+
+def test_lost_summary_of_a_parent_is_rebuilt_from_its_checkpoint(ray_cluster, tmp_path):
+    path = write_suite(tmp_path, "lost", """\
+        - name: pre
+          grid: {router: dense}
+        - name: ft
+          init_from: pre
+          grid: {router: amod, capacity: 0.5}
+          recipe: {epochs: 0.5, eval_every: 0.5}
+        """)
+    run_suite(path)
+    results, cells = cells_of(path)
+    pre = next(c for c in cells if c.stage == "pre")
+    files = results.cell(pre.id)
+    summary, rows = files.read_summary(), files.read_metrics()
+    files.summary.unlink()
+    files.write_metrics(rows[:1])  # and most of its rows
+    ft = next(c for c in cells if c.stage == "ft")
+    results.remove_cell(ft.id)  # a dependent cell still to run
+
+    statuses = run_suite(path)
+    assert statuses == {pre.id: "done", ft.id: "done"}
+    rebuilt = files.read_summary()
+    assert rebuilt["checkpoint"] == summary["checkpoint"]
+    assert rebuilt["best_top1"] == summary["best_top1"] and rebuilt["steps"] == summary["steps"]
+    assert _without_timings(files.read_metrics()) == _without_timings(rows)
+    assert cell_config(results, ft.id)["init_weights"].startswith(summary["checkpoint"])

@@ -84,21 +84,43 @@ def _trivial_loop(config):
 
 @pytest.mark.parametrize("own_instance", [True, False])
 def test_cell_trainer_leaves_out_only_the_helper_actors_a_cell_never_uses(own_instance):
-    """DatasetManager always (no Ray Data), PlacementGroupCleaner only on our own instance;
-    every other default callback (backend set-up, working directory, metrics, ...) stays."""
+    """Fast path: DatasetManager always (no Ray Data), PlacementGroupCleaner only on our own
+    instance; every other default callback (backend set-up, working directory, metrics, ...)
+    stays. Any other Ray version, or AMOD_BENCH_RAY_PUBLIC=1: Ray's own TorchTrainer."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from amod_bench.runner.trial import cell_trainer_class
+    from amod_bench.runner import ray_fast_path
+
+    trainer_class = ray_fast_path.trainer_class(own_instance)
+    if not ray_fast_path.enabled():
+        assert trainer_class is TorchTrainer
+        return
 
     def callback_names(trainer_class):
         trainer = trainer_class(_trivial_loop, scaling_config=ray.train.ScalingConfig(num_workers=1))
         return [type(cb).__name__ for cb in trainer._create_default_callbacks()]
 
-    default, lean = callback_names(TorchTrainer), callback_names(cell_trainer_class(own_instance))
+    default, lean = callback_names(TorchTrainer), callback_names(trainer_class)
     left_out = {"DatasetsCallback", "PlacementGroupCleanerCallback"} if own_instance else {"DatasetsCallback"}
     assert left_out <= set(default)
     assert lean == [name for name in default if name not in left_out]
+
+
+def test_the_fast_path_is_on_only_for_tested_ray_versions(monkeypatch, capsys):
+    import ray
+    from ray.train.torch import TorchTrainer
+
+    from amod_bench.runner import ray_fast_path
+
+    assert ray_fast_path.enabled() == (ray.__version__ in ray_fast_path.TESTED_RAY_VERSIONS)
+    monkeypatch.setenv(ray_fast_path.PUBLIC_ENV, "1")
+    monkeypatch.setattr(ray_fast_path, "_said", False)
+    assert not ray_fast_path.enabled() and ray_fast_path.env(local=True) == {}
+    assert ray_fast_path.trainer_class(own_instance=True) is TorchTrainer
+    ray_fast_path.trainer_class(own_instance=True)
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and said[0].startswith(f"Ray {ray.__version__}: cells run on Ray's public API")
 
 
 def test_provenance_is_plain_data_so_the_board_never_imports_torch():

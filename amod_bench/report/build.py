@@ -70,10 +70,48 @@ def _flagged(cells: pd.DataFrame) -> pd.DataFrame:
     return flagged.sort_values(["suite", "cell"], kind="stable").reset_index(drop=True)
 
 
+def _overhead(cells: pd.DataFrame) -> str:
+    """A line on Ray's per-cell start-up against training and evaluation time, or '' (results
+    written before summaries recorded it)."""
+    if "startup_seconds" not in cells:
+        return ""
+    ok = cells[cells["ok"]]
+    parts = []
+    for suite, group in ok.groupby("suite", sort=True):
+        startup = pd.to_numeric(group["startup_seconds"], errors="coerce").dropna()
+        if startup.empty:
+            continue
+        train = pd.to_numeric(group["total_train_seconds"], errors="coerce").median()
+        evals = pd.to_numeric(group.get("total_eval_seconds"), errors="coerce").median()
+        parts.append(f"{suite}: {startup.median():.1f} s (n = {len(startup)}; training {train:.1f} s, "
+                     f"evaluation {evals:.1f} s)")
+    if not parts:
+        return ""
+    return ("Ray start-up per cell, median over finished cells (from the trial's start, or the end of the "
+            "cells it waited for, to its first training step; startup_seconds in the cells table): "
+            + "; ".join(parts) + ".")
+
+
+def _skipping(cells: pd.DataFrame) -> str:
+    """A line on the cells that skipped unreadable samples (recipe on_error: skip), or ''."""
+    counts = {c: pd.to_numeric(cells[c], errors="coerce").fillna(0) for c in ("train_skipped", "val_skipped")
+              if c in cells}
+    if not counts or not any((v > 0).any() for v in counts.values()):
+        return ""
+    which = sum(counts.values()) > 0
+    listed = ", ".join(f"`{cell}` ({', '.join(f'{int(counts[c][i])} {c}' for c in counts)})"
+                       for i, cell in cells.loc[which, "cell"].items())
+    return (f"Skipped samples: {int(which.sum())} cells trained or evaluated without unreadable samples "
+            f"(recipe on_error: skip; train_skipped over the whole run, val_skipped in the last evaluation): "
+            f"{listed}.")
+
+
 def _cells_table(cells: pd.DataFrame) -> pd.DataFrame:
     cols = ["suite", "cell", "stage", "model", "dataset", "router", "router_label", "capacity", "recipe", "seed",
             "status", "ok", "flag", "reason", "best_top1", "best_top5", "best_epoch", "final_top1", "final_top5",
-            "gmacs", "total_train_seconds", "total_wall_seconds", "n_evals", "bad_lines", "checkpoint"]
+            "gmacs", "total_train_seconds", "startup_seconds", "total_wall_seconds", "n_evals",
+            "train_skipped", "val_skipped",
+            "bad_lines", "checkpoint"]
     return cells[[c for c in cols if c in cells]].sort_values(["suite", "cell"], kind="stable").reset_index(drop=True)
 
 
@@ -276,6 +314,9 @@ def build_report(folders, out: Path | str | None = None, options: ReportOptions 
     write_markdown(cells_table, tables_dir, "cells")
     index.add("tables", "All cells, one row each (flags included): [tables/cells.csv](tables/cells.csv), "
               "[tables/cells.md](tables/cells.md).", "")
+    for line in (_overhead(cells), _skipping(cells)):
+        if line:
+            index.add("tables", line, "")
 
     # ---- figures
     if options.figures:

@@ -39,7 +39,7 @@ from amod_bench.results import best_and_final, is_finite_number
 UNITS = ("epoch", "step", "train_macs", "train_seconds")  # the four time-to-target units
 METRIC_KEYS = (  # always present in `evals`; other numeric keys of metrics.jsonl are kept as well
     "step", "epoch", "samples", "train_macs", "train_seconds", "eval_seconds", "lr",
-    "train_loss", "val_top1", "val_top5", "val_loss", "skipped",
+    "train_loss", "val_top1", "val_top5", "val_loss",
 )
 # summary.json key -> cells column (totals renamed so they never clash with eval columns)
 SUMMARY_COLUMNS = {
@@ -48,6 +48,7 @@ SUMMARY_COLUMNS = {
     "train_seconds": "total_train_seconds", "train_macs": "total_train_macs",
     "eval_seconds": "total_eval_seconds", "wall_seconds": "total_wall_seconds",
     "checkpoint": "checkpoint", "error": "error", "git_commit": "git_commit",
+    "train_skipped": "train_skipped", "val_skipped": "val_skipped", "startup_seconds": "startup_seconds",
 }
 
 

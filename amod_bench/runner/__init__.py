@@ -25,6 +25,7 @@ Modules, one concern each:
 - `suite_run`: `run_suite`, the suite's cells as one Tune run, in the driver;
 - `planning`: the cells to run or skip, their launch order, how many at once;
 - `ray_session`: Ray's environment variables, the connection or local instance, its log;
+- `ray_fast_path`: every use of Ray's private API, on the Ray versions it was tested on only;
 - `trial`: one cell's Tune trial and its TorchTrainer (on any node);
 - `inputs`: a cell's dependencies and the values resolved from them (weights, a search's pick);
 - `board`: the actor where trials and Train controllers meet;

@@ -7,34 +7,45 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-# Ray's knobs, in one place.
+from .planning import RunError
+
+# Ray's documented settings, in one place (Ray Train's internal knobs live in ray_fast_path).
 RAY_ENV = {
-    # how often a cell's controller polls its workers: the delay between a cell's end and
-    # the next cell's start, against the polling's CPU (Ray's default is 2 s)
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1.0",
+    # Ray Train V2, the API this runner uses: opt-in on Ray 2.50, the default from 2.51
+    "RAY_TRAIN_V2_ENABLED": "1",
 }
 # Only for a local instance. Ray turns a node address of 127.0.0.1 into the machine's
-# routable address and listens there; with this flag off it keeps the node, and every
-# server of the instance, on the loopback address. gloo must then use loopback too.
-LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo",
-                 # one machine is never preempted; the watcher is one more process per cell
-                 "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# routable address and listens there, except where multi-node clusters are off (its setting
+# for Windows and macOS); with it off, the node and every server of the instance stay on the
+# loopback address. Ray reads it when it is imported: `loopback_only` must come first. gloo
+# must then use loopback too.
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo"}
 # For this driver, where Tune runs. ResultsWriter writes each cell's files; Tune's own
 # per-trial CSV and TensorBoard copies would only cost the driver CPU on every report (its JSON
 # copy stays: run_suite passes JsonLoggerCallback, because the analysis Tune builds at the end of
 # every fit reads it and warns about each trial without one). Tune's older console output prints
 # nothing at verbose=0; its newer one prints an experiment box and paths at every verbosity.
-DRIVER_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0"}
+DRIVER_ENV = {**RAY_ENV, "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0"}
+
+
+class RayImportedTooEarly(RunError):
+    """A local instance asked for after this process imported Ray without the loopback setting."""
 
 
 def loopback_only() -> None:
-    """Keep a local Ray instance on 127.0.0.1: the processes ray.init starts read the
-    environment, and this driver must resolve its own node address the same way (Ray read
-    the flag when it was imported, perhaps before this call)."""
-    from ray._private import ray_constants
-
+    """Keep a local Ray instance on 127.0.0.1: set LOCAL_RAY_ENV before this process imports
+    Ray (the processes ray.init starts read the environment; this driver resolves its own node
+    address from what Ray read at import)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():  # a caller (a test, a notebook) already connected
+        return
+    imported_without = ray is not None and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0"
     os.environ.update(LOCAL_RAY_ENV)
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    if imported_without:
+        raise RayImportedTooEarly(
+            "Ray was imported before its loopback setting was made, so a local instance would "
+            "listen on this machine's network address: call amod_bench.runner.loopback_only() "
+            "before importing ray, or set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in the environment")
 
 
 @contextmanager
@@ -71,13 +82,17 @@ def ray_messages_to(log_file: Path):
 
 def ray_env(local: bool, extra: dict | None = None) -> dict:
     """Environment variables for every Ray process this suite starts."""
-    return {**RAY_ENV, **(LOCAL_RAY_ENV if local else {}), **(extra or {})}
+    from . import ray_fast_path
+
+    return {**RAY_ENV, **(LOCAL_RAY_ENV if local else {}), **ray_fast_path.env(local), **(extra or {})}
 
 
 @contextmanager
 def ray_session(address: str | None, num_cpus: int | None, worker_env: dict | None = None):
     """Connect to a cluster, or start a local instance bound to 127.0.0.1 and stop it afterwards.
     Yields True when the instance is this process's own (it ends with this process)."""
+    if not address:
+        loopback_only()
     import ray
 
     if ray.is_initialized():  # a caller (a test, a notebook) already connected
@@ -87,13 +102,16 @@ def ray_session(address: str | None, num_cpus: int | None, worker_env: dict | No
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
     else:
-        loopback_only()
         # "local": a new instance even when another one runs on this machine (Ray's default
         # would join it)
-        ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1",
-                 include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 runtime_env={"env_vars": env}, log_to_driver=False)
+        node_ip = ray.util.get_node_ip_address()
+        if node_ip != "127.0.0.1":
+            ray.shutdown()
+            raise RayImportedTooEarly(f"the local Ray instance came up on {node_ip}, not 127.0.0.1; "
+                                      "refusing to run on a network address")
     try:
         yield not address
     finally:
         ray.shutdown()
-

@@ -11,7 +11,7 @@ from amod_bench.results import ResultsFolder
 from .board import remote_board
 from .inputs import dependencies
 from .planning import choose_cells, concurrency, launch_order
-from .ray_session import DRIVER_ENV, ray_messages_to, ray_session
+from .ray_session import DRIVER_ENV, loopback_only, ray_messages_to, ray_session
 from .trial import run_cell
 from .writer import results_writer_class
 
@@ -47,10 +47,12 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
     plan_order = [(c.id, c.stage) for c in cells]
     results.write_index(suite.name, plan_order)
 
+    os.environ.update(DRIVER_ENV)
+    if not address:
+        loopback_only()  # before Ray's first import in this process
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
-    os.environ.update(DRIVER_ENV)
     progress = SuiteProgress([c.id for c in to_run], {c.id: c.config.recipe.epochs for c in to_run})
     started = time.monotonic()
     log_file = results.root / "logs" / "driver.log"
@@ -97,6 +99,10 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
         if status != "done":
             summary = results.cell(cid).read_summary() or {}
             print(f"  {status}: {cid} {summary.get('error') or ''}")
+    unfinished = [cid for cid, status in statuses.items() if status in ("running", "pending")]
+    if unfinished:  # interrupted (Ctrl-C): Ray's own advice, Tuner.restore, is not how bench.py resumes
+        print(f"interrupted: {len(unfinished)} cells unfinished. To resume, run the same command again: "
+              f"finished cells are skipped and each unfinished one continues from its last checkpoint.")
     print(f"Ray's messages: {log_file}")
     return {**statuses, **{cid: "skipped" for cid in skipped}}
 

@@ -1,11 +1,11 @@
 """One Ray Tune trial per cell: `run_cell` waits for the cell's dependencies, then fits one Ray
-Train `TorchTrainer` (`cell_trainer_class`) whose workers run `amod_bench.train`; the cell's
+Train `TorchTrainer` (`ray_fast_path.trainer_class`) whose workers run `amod_bench.train`; the cell's
 Train controller posts each report on the board (`report_poster`) and the trial hands it to Tune."""
 from __future__ import annotations
 
-import asyncio
 import threading
 
+from . import ray_fast_path
 from .board import BOARD_WAIT_SECONDS
 from .inputs import ParentWeights, await_cells, dependencies, resolved_inputs
 
@@ -28,45 +28,6 @@ def report_poster(board, cell_id: str):
             ray.get(board.post.remote(cell_id, report))
 
     return PostReports()
-
-
-def cell_trainer_class(own_instance: bool):
-    """TorchTrainer less the helper processes a cell has no use for.
-
-    Ray's TrainController runs in the cell's trial process, in the thread that calls `fit()`,
-    instead of in an actor of its own. Ray Tune's trial process only waits for the run, so a
-    second process per cell bought nothing and cost its start and its imports (ray.train and,
-    through the TorchConfig it unpickles, torch). Its workers and their synchronization actor
-    are Ray's, unchanged; the workers' `controller_actor` handle is then the trial's actor,
-    which only `ray.train.get_all_reported_checkpoints()` would call, and the training loop
-    never does.
-
-    Ray Train V2 also starts, besides each run's controller and workers, a DatasetManager (for
-    Ray Data datasets; cells stream WebDataset shards themselves and pass none) and a
-    detached PlacementGroupCleaner (which frees a run's placement group if its controller
-    dies; a Ray instance of our own dies with this process anyway). Each is a process that
-    imports ray.train, for every cell. The cleaner stays on a shared cluster. (What both
-    choices save: docs/DECISIONS.md.) `_create_default_callbacks` is Ray's private hook, as
-    `_initialize_and_run_controller` is; tests/test_runner_select.py checks that these helpers,
-    and only these, are left out, and tests/test_runner.py that a suite's run starts no
-    TrainController actor, so a Ray upgrade that renames them fails there."""
-    from ray.train.torch import TorchTrainer
-    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-    from ray.train.v2._internal.execution.controller import TrainController
-
-    unused = (DatasetsCallback, PlacementGroupCleanerCallback) if own_instance else (DatasetsCallback,)
-
-    class CellTrainer(TorchTrainer):
-        def _create_default_callbacks(self):
-            return [cb for cb in super()._create_default_callbacks() if not isinstance(cb, unused)]
-
-        def _initialize_and_run_controller(self, **controller_init_kwargs):
-            controller = TrainController(**controller_init_kwargs)
-            asyncio.run(controller.run())
-            return controller.get_result()
-
-    return CellTrainer
 
 
 def run_cell(params: dict, *, cells: dict, costs: dict, board, storage: str, worker_env: dict,
@@ -98,7 +59,7 @@ def run_cell(params: dict, *, cells: dict, costs: dict, board, storage: str, wor
         tune.report({"resolved": resolved})
 
     resources = config.resources
-    trainer = cell_trainer_class(own_instance)(
+    trainer = ray_fast_path.trainer_class(own_instance)(
         train_loop_per_worker,
         train_loop_config={"run": run},
         scaling_config=ray.train.ScalingConfig(

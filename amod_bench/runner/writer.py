@@ -3,6 +3,7 @@ event into the cell's result files (config.json, metrics.jsonl, summary.json), o
 that runs `bench.py` whichever nodes trained."""
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -46,19 +47,38 @@ def results_writer_class():
                        # wall-clock of the Tune trial (Ray start-up and teardown included), summed
                        # over reruns; minus train_seconds and eval_seconds it is Ray's overhead
                        "wall_seconds": self.extra[cell_id]["earlier_wall_seconds"]
-                       + time.monotonic() - self.extra[cell_id]["started"]}
+                       + time.monotonic() - self.extra[cell_id]["started"],
+                       "startup_seconds": self.extra[cell_id].get("startup_seconds")}
             self.results.cell(cell_id).write_summary(summary)
             return summary
+
+        def _open(self, cell_id: str, files: CellFiles) -> None:
+            """The cell's state in this run: its rows and summary so far (a rerun keeps them)."""
+            self.history[cell_id] = files.read_metrics()
+            previous = files.read_summary() or {}
+            self.extra[cell_id] = {"checkpoint": previous.get("checkpoint"), "started": time.monotonic(),
+                                   "earlier_wall_seconds": previous.get("wall_seconds") or 0.0}
 
         def on_trial_start(self, iteration, trials, trial, **info):
             cell_id, files = self._files(trial)
             self._write_config(cell_id)
-            self.history[cell_id] = files.read_metrics()  # a resumed cell keeps its earlier rows
-            previous = files.read_summary() or {}
-            self.extra[cell_id] = {"checkpoint": previous.get("checkpoint"), "started": time.monotonic(),
-                                   "earlier_wall_seconds": previous.get("wall_seconds") or 0.0}
+            self._open(cell_id, files)
             self._write_summary(cell_id, "running")
             self.progress.cell_started(cell_id)
+
+        def _keep(self, cell_id: str, row: dict) -> dict:
+            """The row as metrics.jsonl holds it; its per-run facts go to the summary."""
+            for key in ("hardware", "rank_checksums"):
+                if key in row:
+                    self.extra[cell_id][key] = row[key]
+            return {k: v for k, v in row.items() if k not in ("status", "hardware", "rank_checksums")}
+
+        def _started_training(self, cell_id: str, eval_seconds: float) -> None:
+            """Ray's start-up cost of this run: from the trial's start (or, if later, the end of the
+            cells it waited for) to its first training step, less the step-0 evaluation."""
+            if "startup_seconds" not in self.extra[cell_id]:
+                elapsed = time.monotonic() - self.extra[cell_id]["started"] - eval_seconds
+                self.extra[cell_id]["startup_seconds"] = max(0.0, elapsed)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             cell_id, files = self._files(trial)
@@ -66,16 +86,26 @@ def results_writer_class():
                 self.extra[cell_id]["started"] = time.monotonic()  # dependencies met: the cell starts now
                 self.resolved[cell_id] = result["resolved"]
                 self._write_config(cell_id)
+            if "history" in result:
+                # The worker group started from a checkpoint, which holds every row up to its
+                # step: that is the cell's history, whatever of it reached this file before
+                # (the driver may have died between the checkpoint and its report). Later rows
+                # are trained again and follow.
+                self._started_training(cell_id, eval_seconds=0.0)
+                self.history[cell_id] = [self._keep(cell_id, r) for r in result["history"]]
+                self.extra[cell_id]["checkpoint"] = result.get("resumed_from")
+                files.write_metrics(self.history[cell_id])
+                self._write_summary(cell_id, "running")
+                return
             row = result.get("row")
             if row is None:
                 return
             if row.get("status") == "diverged":
                 self.extra[cell_id]["diverged_at_step"] = row["step"]
                 return
-            for key in ("hardware", "rank_checksums"):  # per-run facts: they go to the summary
-                if key in row:
-                    self.extra[cell_id][key] = row[key]
-            row = {k: v for k, v in row.items() if k not in ("status", "hardware", "rank_checksums")}
+            if row["step"] == 0:  # evaluated just before the first training step
+                self._started_training(cell_id, eval_seconds=row.get("eval_seconds") or 0.0)
+            row = self._keep(cell_id, row)
             if result.get("checkpoint_path"):
                 self.extra[cell_id]["checkpoint"] = result["checkpoint_path"]
             # A worker group restarted from its last checkpoint reports again from there:
@@ -87,12 +117,30 @@ def results_writer_class():
             self.progress.cell_evaluated(cell_id, row)
 
         def _finish(self, trial, status: str, error: str | None = None) -> None:
-            cell_id, _ = self._files(trial)
+            cell_id, files = self._files(trial)
+            if cell_id not in self.extra:  # the trial failed before Tune started it (no on_trial_start)
+                self._open(cell_id, files)
             if status == "done" and self.extra[cell_id].get("diverged_at_step") is not None:
                 status = "diverged"
             summary = self._write_summary(cell_id, status, error)
+            if status == "done":
+                self._remove_stale_checkpoints(cell_id, summary["checkpoint"])
             self.board.finish.remote(cell_id, summary)
             self.progress.cell_ended(cell_id, status)
+
+        def _remove_stale_checkpoints(self, cell_id: str, final: str | None) -> None:
+            """A run killed between writing a checkpoint and registering it leaves that folder
+            behind, outside Ray's count; once the cell is done, only the `checkpoints_to_keep`
+            newest (their names are timestamps) and the final one stay. Local storage only."""
+            if not final or "://" in final:
+                return
+            keep = self.cells[cell_id].config.resources.checkpoints_to_keep
+            if keep is None:  # keep them all
+                return
+            folders = sorted((f for f in Path(final).parent.glob("checkpoint_*") if f.is_dir()), reverse=True)
+            for folder in folders[keep:]:
+                if folder != Path(final):
+                    shutil.rmtree(folder, ignore_errors=True)
 
         def on_step_end(self, iteration, trials, **info):
             self.progress.tick()
