@@ -118,8 +118,9 @@ def test_the_fast_path_is_on_only_for_tested_ray_versions(monkeypatch, capsys):
     monkeypatch.setattr(ray_fast_path, "_said", False)
     assert not ray_fast_path.enabled() and ray_fast_path.env(local=True) == {}
     assert ray_fast_path.trainer_class(own_instance=True) is TorchTrainer
-    ray_fast_path.trainer_class(own_instance=True)
-    said = capsys.readouterr().err.splitlines()
+    ray_fast_path.say_which_path()
+    ray_fast_path.say_which_path()
+    said = capsys.readouterr().out.splitlines()
     assert len(said) == 1 and said[0].startswith(f"Ray {ray.__version__}: cells run on Ray's public API")
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 
 TESTED_RAY_VERSIONS = ("2.60.0",)
 PUBLIC_ENV = "AMOD_BENCH_RAY_PUBLIC"  # "1": Ray's public path on every version
@@ -50,7 +49,7 @@ def say_which_path() -> None:
     why = (f"{PUBLIC_ENV}=1" if ray.__version__ in TESTED_RAY_VERSIONS else
            f"its fast path is tested on Ray {', '.join(TESTED_RAY_VERSIONS)} only")
     print(f"Ray {ray.__version__}: cells run on Ray's public API ({why}); each cell then starts a few "
-          "more Ray processes", file=sys.stderr)
+          "more Ray processes")
 
 
 def env(local: bool) -> dict:
@@ -75,8 +74,7 @@ def trainer_class(own_instance: bool):
     run starts no TrainController actor."""
     from ray.train.torch import TorchTrainer
 
-    if not enabled():
-        say_which_path()
+    if not enabled():  # the driver said so (say_which_path)
         return TorchTrainer
 
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback

@@ -52,10 +52,12 @@ def loopback_only() -> None:
 def ray_messages_to(log_file: Path):
     """Ray's messages in this process (its start-up notices, Tune's bookkeeping) go to `log_file`;
     its errors reach the console too. Ray logs on its "ray" logger, which does not propagate, to a
-    console handler of its own: that handler steps aside while the suite runs."""
+    console handler of its own: that handler steps aside while the suite runs. Python warnings
+    raised in Ray's code go to the file too."""
     import logging
+    import warnings
 
-    import ray  # noqa: F401  (its import sets up the "ray" logger this replaces)
+    import ray  # its import sets up the "ray" logger this replaces
 
     ray_logger = logging.getLogger("ray")
     own_handlers, own_level = list(ray_logger.handlers), ray_logger.level
@@ -69,9 +71,20 @@ def ray_messages_to(log_file: Path):
         ray_logger.removeHandler(handler)
     ray_logger.addHandler(to_file)
     ray_logger.addHandler(to_console)
+    # Python warnings raised inside Ray (tips about its future defaults) go to the file as well
+    show_warning, ray_root = warnings.showwarning, os.path.dirname(ray.__file__)
+
+    def show_ray_warnings_in_log(message, category, filename, lineno, file=None, line=None):
+        if not filename.startswith(ray_root):
+            return show_warning(message, category, filename, lineno, file, line)
+        to_file.emit(logging.LogRecord("ray.warnings", logging.WARNING, filename, lineno,
+                                       f"{category.__name__}: {message}", None, None))
+
+    warnings.showwarning = show_ray_warnings_in_log
     try:
         yield
     finally:
+        warnings.showwarning = show_warning
         ray_logger.removeHandler(to_file)
         ray_logger.removeHandler(to_console)
         to_file.close()

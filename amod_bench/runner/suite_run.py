@@ -11,6 +11,7 @@ from amod_bench.results import ResultsFolder
 from .board import remote_board
 from .inputs import dependencies
 from .planning import choose_cells, concurrency, launch_order
+from . import ray_fast_path
 from .ray_session import DRIVER_ENV, loopback_only, ray_messages_to, ray_session
 from .trial import run_cell
 from .writer import results_writer_class
@@ -63,6 +64,7 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
                     if cid not in {x.id for x in to_run}}
         board = remote_board().remote(finished)
         at_once = concurrency(to_run, ray.cluster_resources(), suite.max_concurrent, max_concurrent)
+        ray_fast_path.say_which_path()
         print(f"running {len(to_run)} cells, {at_once} at a time")
         trainable = tune.with_resources(
             tune.with_parameters(run_cell, cells={c.id: c for c in to_run}, costs=costs, board=board,
