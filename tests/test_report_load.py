@@ -172,3 +172,20 @@ def test_skipped_samples_reach_the_cells_table_and_the_index(tmp_path):
     assert (row[header.index("train_skipped")], row[header.index("val_skipped")]) == ("7.0", "2.0")
     index = (out / "index.md").read_text()
     assert f"Skipped samples: 1 cells" in index and f"`{skipping}` (7 train_skipped, 2 val_skipped)" in index
+
+
+def test_ray_startup_per_cell_reaches_the_index_as_a_median(tmp_path):
+    from amod_bench.report.build import ReportOptions, build_report
+
+    root = known_suite(tmp_path)
+    cells = load_results(root).cells["cell"].tolist()
+    for seconds, cell in zip((4.0, 10.0, 30.0) * len(cells), cells):
+        summary_path = root / "cells" / cell / "summary.json"
+        summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "startup_seconds": seconds}))
+    out = tmp_path / "report"
+    build_report([root], out, ReportOptions(n_boot=50, figures=False, routing_maps=False), log=lambda m: None)
+    index = (out / "index.md").read_text()
+    finished = load_results(root).cells
+    expected = float(np.median(finished.loc[finished["ok"], "startup_seconds"]))
+    assert f"Ray start-up per cell, median over finished cells" in index
+    assert f"known: {expected:.1f} s (n = {int(finished['ok'].sum())};" in index

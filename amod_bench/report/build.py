@@ -81,10 +81,10 @@ def _overhead(cells: pd.DataFrame) -> str:
         startup = pd.to_numeric(group["startup_seconds"], errors="coerce").dropna()
         if startup.empty:
             continue
-        train = pd.to_numeric(group["total_train_seconds"], errors="coerce").median()
-        evals = pd.to_numeric(group.get("total_eval_seconds"), errors="coerce").median()
-        parts.append(f"{suite}: {startup.median():.1f} s (n = {len(startup)}; training {train:.1f} s, "
-                     f"evaluation {evals:.1f} s)")
+        spent = [f"{what} {pd.to_numeric(group[column], errors='coerce').median():.1f} s"
+                 for what, column in (("training", "total_train_seconds"), ("evaluation", "total_eval_seconds"))
+                 if column in group]
+        parts.append(f"{suite}: {startup.median():.1f} s (n = {len(startup)}; {', '.join(spent)})")
     if not parts:
         return ""
     return ("Ray start-up per cell, median over finished cells (from the trial's start, or the end of the "
