@@ -120,8 +120,7 @@ def test_same_cell_twice_gives_identical_metrics(ray_cluster, tmp_path):
         path = write_suite(folder, "determinism", stages)
         run_suite(path)
         results, (cell,) = cells_of(path)
-        histories.append([{k: v for k, v in r.items() if k not in TIMINGS}
-                          for r in results.cell(cell.id).read_metrics()])
+        histories.append(_without_timings(results.cell(cell.id).read_metrics()))
     assert histories[0] == histories[1]
     assert len(histories[0]) == 3
 
@@ -173,6 +172,19 @@ def test_prestarted_cell_of_a_diverged_parent_fails_naming_it(ray_cluster, tmp_p
     assert results.cell(finetune.id).read_metrics() == []
 
 
+def _driver_until(path: Path, ray_cluster, reached) -> subprocess.Popen:
+    """`bench.py run` in a process group of its own, returned (still running) once `reached()`."""
+    proc = subprocess.Popen([sys.executable, "bench.py", "run", str(path), "--address", ray_cluster.address],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not reached():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    return proc
+
+
 def test_interrupted_suite_reruns_only_unfinished_cells(ray_cluster, tmp_path):
     path = write_suite(tmp_path, "resume", """\
         - name: main
@@ -180,14 +192,7 @@ def test_interrupted_suite_reruns_only_unfinished_cells(ray_cluster, tmp_path):
         """, max_concurrent=1)
     results, cells = cells_of(path)
     first = cells[0]
-    proc = subprocess.Popen([sys.executable, "bench.py", "run", str(path), "--address", ray_cluster.address],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    deadline = time.monotonic() + 300
-    while results.cell(first.id).status() != "done":
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    proc = _driver_until(path, ray_cluster, lambda: results.cell(first.id).status() == "done")
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as a user would
     output, _ = proc.communicate(timeout=120)
     assert "Tuner.restore" not in output and "To resume, run the same command again" in output, output
@@ -305,14 +310,7 @@ def test_killed_driver_rerun_restores_every_row_from_the_checkpoint(ray_cluster,
     path = write_suite(tmp_path / "killed", "killed", stages)
     results, (cell,) = cells_of(path)
     files = results.cell(cell.id)
-    proc = subprocess.Popen([sys.executable, "bench.py", "run", str(path), "--address", ray_cluster.address],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    deadline = time.monotonic() + 300
-    while len(files.read_metrics()) < 5:
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    proc = _driver_until(path, ray_cluster, lambda: len(files.read_metrics()) >= 5)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, with no cleanup
     proc.wait(timeout=60)
     kept = files.read_metrics()

@@ -103,9 +103,9 @@ def ray_env(local: bool, extra: dict | None = None) -> dict:
 @contextmanager
 def ray_session(address: str | None, num_cpus: int | None, worker_env: dict | None = None):
     """Connect to a cluster, or start a local instance bound to 127.0.0.1 and stop it afterwards.
-    Yields True when the instance is this process's own (it ends with this process)."""
-    if not address:
-        loopback_only()
+    Yields True when the instance is this process's own (it ends with this process). For a local
+    instance the caller has made `loopback_only()` before importing Ray (run_suite does); the
+    instance's address is checked here."""
     import ray
 
     if ray.is_initialized():  # a caller (a test, a notebook) already connected
