@@ -3,6 +3,7 @@ real TorchTrainers, real bundled data. Each test has a timeout: a worker group t
 placed waits forever."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -172,9 +173,9 @@ def test_prestarted_cell_of_a_diverged_parent_fails_naming_it(ray_cluster, tmp_p
     assert results.cell(finetune.id).read_metrics() == []
 
 
-def _driver_until(path: Path, ray_cluster, reached) -> subprocess.Popen:
+def _driver_until(path: Path, reached, *options: str) -> subprocess.Popen:
     """`bench.py run` in a process group of its own, returned (still running) once `reached()`."""
-    proc = subprocess.Popen([sys.executable, "bench.py", "run", str(path), "--address", ray_cluster.address],
+    proc = subprocess.Popen([sys.executable, "bench.py", "run", str(path), *options],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     deadline = time.monotonic() + 300
@@ -192,7 +193,8 @@ def test_interrupted_suite_reruns_only_unfinished_cells(ray_cluster, tmp_path):
         """, max_concurrent=1)
     results, cells = cells_of(path)
     first = cells[0]
-    proc = _driver_until(path, ray_cluster, lambda: results.cell(first.id).status() == "done")
+    proc = _driver_until(path, lambda: results.cell(first.id).status() == "done",
+                         "--address", ray_cluster.address)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as a user would
     output, _ = proc.communicate(timeout=120)
     assert "Tuner.restore" not in output and "To resume, run the same command again" in output, output
@@ -310,7 +312,7 @@ def test_killed_driver_rerun_restores_every_row_from_the_checkpoint(ray_cluster,
     path = write_suite(tmp_path / "killed", "killed", stages)
     results, (cell,) = cells_of(path)
     files = results.cell(cell.id)
-    proc = _driver_until(path, ray_cluster, lambda: len(files.read_metrics()) >= 5)
+    proc = _driver_until(path, lambda: len(files.read_metrics()) >= 5, "--address", ray_cluster.address)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, with no cleanup
     proc.wait(timeout=60)
     kept = files.read_metrics()
@@ -353,3 +355,44 @@ def test_lost_summary_of_a_parent_is_rebuilt_from_its_checkpoint(ray_cluster, tm
     assert rebuilt["best_top1"] == summary["best_top1"] and rebuilt["steps"] == summary["steps"]
     assert _without_timings(files.read_metrics()) == _without_timings(rows)
     assert cell_config(results, ft.id)["init_weights"].startswith(summary["checkpoint"])
+
+
+def _listening_sockets(root_pid: int) -> list[tuple[str, str, int]]:
+    """(command line, address, port) of every listening TCP socket of a process and its descendants."""
+    import psutil
+
+    root = psutil.Process(root_pid)
+    found = []
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            command, connections = " ".join(proc.cmdline()), proc.net_connections(kind="inet")
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):  # ended since the listing
+            continue
+        found += [(command, c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN]
+    return found
+
+
+def test_local_instance_listens_on_loopback_only_while_a_ddp_cell_trains(tmp_path):
+    # bench.py's own local instance (no --address): Ray's servers, its workers, and the DDP
+    # rendezvous store rank 0 hosts (torch's TCPStore, unauthenticated) for two ranks
+    path = write_suite(tmp_path, "sockets", """\
+        - name: main
+          grid: {router: dense}
+          recipe: {epochs: 2, eval_every: 0.5}
+        """, resources="workers: 2, cpus_per_worker: 1, max_failures: 0")
+    results, (cell,) = cells_of(path)
+    files = results.cell(cell.id)
+    proc = _driver_until(path, lambda: files.read_metrics(), "--num-cpus", "2", "--no-report")
+    try:  # the step-0 evaluation is written: both ranks have joined the process group and train
+        sockets = _listening_sockets(proc.pid)
+    finally:
+        output, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, output
+    assert [s for s in sockets if "RayTrainWorker" in s[0]], sockets  # the store was seen
+    exposed = [s for s in sockets if not _is_loopback(s[1])]
+    assert not exposed, exposed
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback  # ::ffff:127.0.0.1 is 127.0.0.1

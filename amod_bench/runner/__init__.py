@@ -26,6 +26,7 @@ Modules, one concern each:
 - `planning`: the cells to run or skip, their launch order, how many at once;
 - `ray_session`: Ray's environment variables, the connection or local instance, its log;
 - `ray_fast_path`: every use of Ray's private API, on the Ray versions it was tested on only;
+- `ddp_backend`: the cell's process group, its rendezvous store on the node's own address (127.0.0.1 locally);
 - `trial`: one cell's Tune trial and its TorchTrainer (on any node);
 - `inputs`: a cell's dependencies and the values resolved from them (weights, a search's pick);
 - `board`: the actor where trials and Train controllers meet;

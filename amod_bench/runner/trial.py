@@ -43,6 +43,8 @@ def run_cell(params: dict, *, cells: dict, costs: dict, board, storage: str, wor
 
     from amod_bench.train import CellRun, train_loop_per_worker
 
+    from .ddp_backend import NodeBoundTorchConfig
+
     cell = cells[params["cell_id"]]
     config = cell.config
     deps = dependencies(config)
@@ -62,6 +64,7 @@ def run_cell(params: dict, *, cells: dict, costs: dict, board, storage: str, wor
     trainer = ray_fast_path.trainer_class(own_instance)(
         train_loop_per_worker,
         train_loop_config={"run": run},
+        torch_config=NodeBoundTorchConfig(),  # the process group's store on the node's address only
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers, use_gpu=resources.gpus_per_worker > 0,
             resources_per_worker={"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker}),
