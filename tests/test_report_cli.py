@@ -175,3 +175,16 @@ def test_report_with_figures_in_a_fresh_process_never_imports_ray_or_torch(tmp_p
     # zero-shot figure
     assert "routing maps: no amod/mod/cls cell kept a checkpoint" in index
     assert "zero-shot figure: no routed cell starts from a checkpoint; skipped" in index
+
+
+def test_report_of_a_suite_whose_every_cell_failed_says_what_it_left_out(tmp_path, capsys):
+    # e.g. a suite whose storage was full: each cell failed at its first checkpoint, after one eval
+    cells = [Cell(router, 0.5, seed, [(0, 10.0), (10, 60.0)], status="failed")
+             for router in ("mod", "amod") for seed in (0, 1)]
+    root = write_suite(tmp_path, "all_failed", cells)
+    out = tmp_path / "report"
+    assert run_cli(root, "--out", out, "--no-routing-maps") == 0
+    printed = capsys.readouterr().out
+    assert "convergence curves: no finished cell with evals; skipped" in printed
+    flagged = (out / "index.md").read_text().split("## Flagged cells")[1].split("## ")[0]
+    assert all(c.id in flagged for c in cells)

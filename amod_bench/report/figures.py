@@ -126,6 +126,8 @@ def convergence_data(cells: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
             "router_label", "capacity", "seed"]
     data = evals.merge(cells.loc[cells["ok"], keys], on=["suite", "cell"], how="inner")
     data = data[np.isfinite(data["val_top1"])].copy()
+    if data.empty:  # no finished cell (every one failed, say): nothing to draw
+        return data
     data["train_gmacs"] = data["train_macs"] / 1e9
     data["epoch_key"] = data["epoch"].round(6)
     for column in ("train_gmacs", "train_seconds"):
