@@ -40,6 +40,8 @@ DIAGNOSTICS = "routing_diagnostics.csv"
 ANALYSIS_INPUTS = "analysis_inputs.json"
 
 FINAL_STATUSES = ("done", "failed", "diverged")
+# room for the summaries and index of a run that stops because its disk is full
+RESERVE_BYTES = 256 * 1024
 SUMMARY_STATUSES = (*FINAL_STATUSES, "running")
 
 
@@ -47,19 +49,31 @@ class ResultFileError(ValueError):
     """A result file that cannot be read; the message names its path."""
 
 
+class ResultWriteError(OSError):
+    """A file that cannot be written (a full disk, a read-only folder); the message names its path.
+    The file as it was before stays intact: every write replaces it whole, or not at all."""
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
+    """Write `data` to a temporary file beside `path`, then rename it over `path`; a failure
+    raises ResultWriteError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            error = ResultWriteError(f"cannot write {path}: {exc.strerror or exc}")
+            error.errno = exc.errno
+            raise error from exc
         raise
     return path
 
@@ -246,6 +260,18 @@ class ResultsFolder:
             for cell_id, stage in cells
         ]
         write_json_atomic(self.root / "index.json", {"suite": suite_name, "cells": entries})
+
+    @property
+    def _reserve(self) -> Path:
+        return self.root / ".reserve"
+
+    def reserve_space(self) -> None:
+        """Set aside RESERVE_BYTES in a file of their own, so that once the disk is full the
+        results of that moment (a failed cell's summary) can still be written: `free_reserve`."""
+        write_bytes_atomic(self._reserve, b"\0" * RESERVE_BYTES)
+
+    def free_reserve(self) -> None:
+        self._reserve.unlink(missing_ok=True)
 
     def remove_cell(self, cell_id: str) -> None:
         shutil.rmtree(self.cell(cell_id).folder, ignore_errors=True)

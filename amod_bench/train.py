@@ -55,6 +55,10 @@ class CellRun:
         return dataclasses.replace(self.config.recipe, **self.picked)
 
 
+class CheckpointNotWritten(OSError):
+    """A checkpoint that could not be copied to the suite's storage; the message names it."""
+
+
 def get_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, schedule: str) -> float:
     """Linear warm-up, then cosine to zero (or constant)."""
     if step < warmup_steps:
@@ -258,7 +262,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if with_checkpoint and rank == 0:
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder), model, optimizer, state, rows)
-                ray.train.report({"row": row}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+                try:  # report() copies the checkpoint into the cell's storage
+                    ray.train.report({"row": row}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+                except OSError as error:  # a full or read-only storage: name it (Ray's message does not)
+                    raise CheckpointNotWritten(f"cannot write the checkpoint of step {row['step']} to the "
+                                               f"suite's storage {config.storage}: {error}") from error
         else:
             ray.train.report({"row": row})
 

@@ -34,6 +34,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    from amod_bench.results import ResultWriteError
     from amod_bench.suite import SuiteError, load_suite
 
     try:
@@ -41,16 +42,16 @@ def main(args) -> int:
                              max_concurrent=args.max_concurrent, fresh=args.fresh,
                              retry_failed=args.retry_failed, dry_run=args.dry_run,
                              num_cpus=args.num_cpus, overrides=args.set)
-    except (SuiteError, RunError) as error:
+        if not (args.dry_run or args.no_report):
+            from amod_bench.report.build import ReportOptions, build_report
+
+            suite = load_suite(args.suite, overrides=args.set)
+            _run_analyses(suite)
+            report = build_report([suite.output], None, ReportOptions())
+            print(f"report: {report.out}/index.md")
+    except (SuiteError, RunError, ResultWriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if not (args.dry_run or args.no_report):
-        from amod_bench.report.build import ReportOptions, build_report
-
-        suite = load_suite(args.suite, overrides=args.set)
-        _run_analyses(suite)
-        report = build_report([suite.output], None, ReportOptions())
-        print(f"report: {report.out}/index.md")
     return 0 if all(s in ("done", "skipped") for s in statuses.values()) or args.dry_run else 1
 
 

@@ -50,10 +50,11 @@ def loopback_only() -> None:
 
 @contextmanager
 def ray_messages_to(log_file: Path):
-    """Ray's messages in this process (its start-up notices, Tune's bookkeeping) go to `log_file`;
-    its errors reach the console too. Ray logs on its "ray" logger, which does not propagate, to a
-    console handler of its own: that handler steps aside while the suite runs. Python warnings
-    raised in Ray's code go to the file too."""
+    """Ray's messages in this process (its start-up notices, Tune's bookkeeping, a failed trial's
+    traceback) go to `log_file`, not the console: the suite prints its own line per event, a failed
+    cell's error included, and names the file at the end. Ray logs on its "ray" logger, which does
+    not propagate, to a console handler of its own: that handler steps aside while the suite runs.
+    Python warnings raised in Ray's code go to the file too."""
     import logging
     import warnings
 
@@ -63,14 +64,13 @@ def ray_messages_to(log_file: Path):
     own_handlers, own_level = list(ray_logger.handlers), ray_logger.level
     log_file.parent.mkdir(parents=True, exist_ok=True)
     to_file = logging.FileHandler(log_file)
-    to_console = logging.StreamHandler(sys.stderr)
-    to_console.setLevel(logging.ERROR)
-    for handler in (to_file, to_console):  # ray.init gives them Ray's own format
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s -- %(message)s"))
+    # a full disk or a read-only folder: Ray's messages are dropped, not a traceback per message
+    # on the console (the suite's own error names the file it could not write)
+    to_file.handleError = lambda record: None
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s -- %(message)s"))
     for handler in own_handlers:
         ray_logger.removeHandler(handler)
     ray_logger.addHandler(to_file)
-    ray_logger.addHandler(to_console)
     # Python warnings raised inside Ray (tips about its future defaults) go to the file as well
     show_warning, ray_root = warnings.showwarning, os.path.dirname(ray.__file__)
 
@@ -86,7 +86,6 @@ def ray_messages_to(log_file: Path):
     finally:
         warnings.showwarning = show_warning
         ray_logger.removeHandler(to_file)
-        ray_logger.removeHandler(to_console)
         to_file.close()
         for handler in own_handlers:
             ray_logger.addHandler(handler)

@@ -2,6 +2,7 @@
 before to the summary printed after; the cells' result files are written in this process."""
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -10,11 +11,15 @@ from amod_bench.results import ResultsFolder
 
 from .board import remote_board
 from .inputs import dependencies
-from .planning import choose_cells, concurrency, launch_order
+from .planning import RunError, choose_cells, concurrency, launch_order
 from . import ray_fast_path
 from .ray_session import DRIVER_ENV, loopback_only, ray_messages_to, ray_session
 from .trial import run_cell
 from .writer import results_writer_class
+
+
+class ResultsNotWritable(RunError):
+    """A result file could not be written (a full disk, a read-only folder): the suite stopped."""
 
 
 def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, fresh=False,
@@ -52,6 +57,7 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
     if not address:
         loopback_only()  # before Ray's first import in this process
     from ray import tune
+    from ray.tune.error import TuneError
     from ray.tune.logger import JsonLoggerCallback
 
     progress = SuiteProgress([c.id for c in to_run], {c.id: c.config.recipe.epochs for c in to_run})
@@ -66,6 +72,7 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
         at_once = concurrency(to_run, ray.cluster_resources(), suite.max_concurrent, max_concurrent)
         ray_fast_path.say_which_path()
         print(f"running {len(to_run)} cells, {at_once} at a time")
+        writer = results_writer_class()(results, {c.id: c for c in to_run}, costs, progress, board, software())
         trainable = tune.with_resources(
             tune.with_parameters(run_cell, cells={c.id: c for c in to_run}, costs=costs, board=board,
                                  storage=suite.storage, worker_env=worker_env or {},
@@ -82,15 +89,26 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
             run_config=tune.RunConfig(
                 name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=os.path.join(suite.storage, "_tune"), verbose=0,
-                callbacks=[results_writer_class()(results, {c.id: c for c in to_run}, costs, progress,
-                                                  board, software()), JsonLoggerCallback()]),
+                stop=writer.stopper,
+                callbacks=[writer, JsonLoggerCallback()]),
         )
+        results.reserve_space()
         try:
             tuner.fit()
+        except TuneError:  # a callback of ours raised: a bug, not a cell's failure
+            raise
+        except Exception as error:  # noqa: BLE001 - Tune's own bookkeeping after the cells ended
+            # (its ResultGrid reads back files from storage, which a full disk leaves empty); the
+            # cells' results are this folder's, written as each event came
+            logging.getLogger("ray").exception("Ray Tune failed after the cells ended")
+            print(f"note: Ray Tune's own files in {suite.storage} could not be read back "
+                  f"({type(error).__name__}: {error}); the cells' results are unaffected")
         finally:
             progress.close()
+            results.free_reserve()
         ray.kill(board)
-    results.write_index(suite.name, plan_order)
+    if writer.write_error is None:
+        results.write_index(suite.name, plan_order)
 
     statuses = {c.id: results.cell(c.id).status() for c in to_run}
     counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
@@ -106,6 +124,11 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
         print(f"interrupted: {len(unfinished)} cells unfinished. To resume, run the same command again: "
               f"finished cells are skipped and each unfinished one continues from its last checkpoint.")
     print(f"Ray's messages: {log_file}")
+    if writer.write_error is not None:
+        raise ResultsNotWritable(
+            f"{writer.write_error}. The suite stopped; every result written before is intact, and no "
+            f"report was written. Free space (or make {results.root} writable), then run the same command "
+            "again with --retry-failed (the failed cell resumes from its last checkpoint)")
     return {**statuses, **{cid: "skipped" for cid in skipped}}
 
 

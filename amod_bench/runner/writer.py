@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from amod_bench.results import CellFiles, ResultsFolder, summarize
+from amod_bench.results import CellFiles, ResultsFolder, ResultWriteError, summarize
 
 
 def results_writer_class():
@@ -15,7 +15,12 @@ def results_writer_class():
     from ray import tune
 
     class ResultsWriter(tune.Callback):
-        """Turns every trial event into result files; runs in the driver process only."""
+        """Turns every trial event into result files; runs in the driver process only.
+
+        A result file that cannot be written (a full disk, a read-only folder) stops the suite:
+        the cell is marked failed with the error, in the room `ResultsFolder.reserve_space` kept,
+        its running siblings stay resumable, and every file written before stays as it was.
+        `write_error` then says why, `stopper` stops Tune, and later events write nothing."""
 
         def __init__(self, results: ResultsFolder, cells: dict, costs: dict, progress, board, provenance: dict):
             self.results, self.cells, self.costs, self.progress, self.board = results, cells, costs, progress, board
@@ -23,6 +28,26 @@ def results_writer_class():
             self.resolved: dict[str, dict] = {}  # per cell: init_weights and a search's pick, once known
             self.history: dict[str, list[dict]] = {}
             self.extra: dict[str, dict] = {}  # per cell: checkpoint, hardware, diverged_at
+            self.write_error: str | None = None
+            self.stopper = _StopAllWhen(self)
+
+        def _writing(self, trial, handle, *args) -> None:
+            """One trial event's writes; the first that fails stops the suite (class docstring)."""
+            if self.write_error is not None:  # stopping: the results stay as they were then
+                return
+            try:
+                handle(trial, *args)
+            except ResultWriteError as error:
+                self.write_error = str(error)
+                self.results.free_reserve()
+                cell_id, files = self._files(trial)
+                try:
+                    if cell_id not in self.extra:
+                        self._open(cell_id, files)
+                    self._write_summary(cell_id, "failed", self.write_error)
+                except ResultWriteError:  # a read-only folder: nothing can be marked
+                    pass
+                self.progress.cell_ended(cell_id, "failed")
 
         def _files(self, trial) -> tuple[str, CellFiles]:
             cell_id = trial.config["cell_id"]
@@ -60,6 +85,9 @@ def results_writer_class():
                                    "earlier_wall_seconds": previous.get("wall_seconds") or 0.0}
 
         def on_trial_start(self, iteration, trials, trial, **info):
+            self._writing(trial, self._start)
+
+        def _start(self, trial) -> None:
             cell_id, files = self._files(trial)
             self._write_config(cell_id)
             self._open(cell_id, files)
@@ -81,6 +109,9 @@ def results_writer_class():
                 self.extra[cell_id]["startup_seconds"] = max(0.0, elapsed)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            self._writing(trial, self._result, result)
+
+        def _result(self, trial, result: dict) -> None:
             cell_id, files = self._files(trial)
             if "resolved" in result:  # values known only at run time: a search's pick, the init weights
                 self.extra[cell_id]["started"] = time.monotonic()  # dependencies met: the cell starts now
@@ -146,9 +177,12 @@ def results_writer_class():
             self.progress.tick()
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._finish(trial, "done")
+            self._writing(trial, self._finish, "done")
 
         def on_trial_error(self, iteration, trials, trial, **info):
+            self._writing(trial, self._failed)
+
+        def _failed(self, trial) -> None:
             # Tune writes the error to the trial's local folder now and to storage later, which is
             # where get_error() reads it: at this point only the local file is sure to exist
             local = Path(trial.error_file) if trial.error_file else None
@@ -156,5 +190,17 @@ def results_writer_class():
                 or "unknown error (see the Ray logs under /tmp/ray/session_latest/logs)"
             last_line = [line for line in str(error).strip().splitlines() if line.strip()][-1:]
             self._finish(trial, "failed", last_line[0] if last_line else str(error))
+
+    class _StopAllWhen(tune.Stopper):
+        """Stops every trial once the writer could not write a result file."""
+
+        def __init__(self, writer):
+            self.writer = writer
+
+        def __call__(self, trial_id, result) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return self.writer.write_error is not None
 
     return ResultsWriter
