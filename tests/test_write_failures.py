@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -125,3 +126,27 @@ def test_full_checkpoint_storage_fails_each_cell_naming_it_and_the_suite_reports
         assert f"failed: {cell.id} " in proc.stdout
     assert json.loads((results.root / "index.json").read_text())["cells"][0]["status"] == "failed"
     assert (results.root / "report" / "index.md").exists() and "report: " in proc.stdout
+
+
+def test_read_only_output_is_one_error_naming_the_file_for_run_and_report(tmp_path):
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(read_only)], check=True)
+    try:
+        suite = write_suite(tmp_path, "ro", """\
+            - name: main
+              grid: {router: dense}
+            """)
+        suite.write_text(suite.read_text().replace(f"output: {tmp_path / 'results' / 'ro'}",
+                                                   f"output: {read_only / 'ro'}"))
+        run = subprocess.run(bench(str(suite)), cwd=ROOT, text=True, capture_output=True, timeout=120)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert run.stderr.strip() == f"error: cannot write {read_only / 'ro' / 'suite.yaml'}: Read-only file system"
+        report = subprocess.run([sys.executable, "bench.py", "report", str(ROOT / "results" / "quickstart"),
+                                 "--out", str(read_only / "report"), "--no-figures"],
+                                cwd=ROOT, text=True, capture_output=True, timeout=300)
+        assert report.returncode == 2 and "Traceback" not in report.stderr, report.stderr
+        assert re.fullmatch(rf"error: cannot write {re.escape(str(read_only))}/report/\S+: Read-only file system",
+                            report.stderr.strip()), report.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=False)

@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from amod_bench.results import ResultWriteError
+
     from .build import ReportOptions, build_report
     from .load import ResultsNotFound
 
@@ -60,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         report = build_report(folders, args.out, options)
-    except ResultsNotFound as exc:
+    except (ResultsNotFound, ResultWriteError) as exc:  # a write error names the file; written ones stay whole
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cells = report.results.cells
