@@ -29,6 +29,10 @@ Full example (every field shown; most have defaults and can be left out)::
       common_rule: lowest               # lowest (median best of the weakest arm) | every_run (lowest best of any run) | dense
     analyses: [importance]              # after the cells, `bench.py analyze NAME` on their checkpoints (default none)
     max_cells: 10000                    # refuse a bigger grid product (a typo'd list); null = no limit (--allow-large-grid)
+    tracking:                           # a tracked run per cell, from the driver (amod_bench.runner.tracking); not in cell ids
+      backend: mlflow                   # none (default) | mlflow | wandb | tensorboard; its extra must be installed (pip install -e ".[mlflow]")
+      uri: sqlite:///mlflow.db          # mlflow: tracking URI (null = MLflow's default); wandb: PROJECT or ENTITY/PROJECT (null = amod-bench); tensorboard: log folder (null = ./tensorboard)
+      tags: {study: transfer}           # strings; MLflow run tags, W&B tags "study:transfer", TensorBoard hparams
 
     defaults:                           # shared by every stage; a stage's own mappings merge over it key by key
       grid:
@@ -183,8 +187,8 @@ from .overrides import parse_override
 from .paths import dataset_path, dataset_short_name, missing_inputs, resolve_path
 from .problems import Problem, SuiteError
 from .schema import (
-    CONFIG_KEYS, DEFAULT_IGNORE, IGNORABLE_AXES, MAX_CELLS, RECIPE_FIELDS, STANDARD_AXES, UNHASHED_KEYS, Augment,
-    Grid, InitFrom, Recipe, Resources, Select, Stage, Suite, Targets,
+    CONFIG_KEYS, DEFAULT_IGNORE, IGNORABLE_AXES, MAX_CELLS, RECIPE_FIELDS, STANDARD_AXES, TRACKING_PACKAGES, UNHASHED_KEYS,
+    Augment, Grid, InitFrom, Recipe, Resources, Select, Stage, Suite, Targets, Tracking,
 )
 from .validate import load_suite
 from .yaml_reader import MAX_DEPTH, MAX_NODES, MAX_SUITE_BYTES
@@ -192,6 +196,6 @@ from .yaml_reader import MAX_DEPTH, MAX_NODES, MAX_SUITE_BYTES
 __all__ = [
     "CONFIG_KEYS", "DEFAULT_IGNORE", "IGNORABLE_AXES", "MAX_CELLS", "MAX_DEPTH", "MAX_NODES", "MAX_SUITE_BYTES",
     "RECIPE_FIELDS", "STANDARD_AXES", "UNHASHED_KEYS", "Augment", "Cell", "CellConfig", "Grid", "InitFrom", "Problem", "Recipe",
-    "Resources", "SearchChoice", "Select", "Stage", "Suite", "SuiteError", "Targets", "cell_id", "config_hash", "dataset_path",
+    "Resources", "SearchChoice", "Select", "Stage", "Suite", "SuiteError", "Targets", "TRACKING_PACKAGES", "Tracking", "cell_id", "config_hash", "dataset_path",
     "dataset_short_name", "expand", "load_suite", "missing_inputs", "parse_override", "resolve_path",
 ]

@@ -96,8 +96,15 @@ def _locate(loc: tuple, value: Any, tp, where: Where) -> tuple[Where, Any, Any]:
     """Follow pydantic's error location into the YAML value and the annotation: where it was
     written, the value there and its type. Stops at a union, whose members' errors are one
     problem ('expected a number or a list'), and at a list too short for a fixed tuple."""
-    for part in loc:
+    for i, part in enumerate(loc):
         tp = _strip(tp)
+        if typing.get_origin(tp) is dict and isinstance(value, YamlMap) and part in value:
+            key_error = loc[i + 1:i + 2] == ("[key]",)
+            where, value = value.at(part), (part if key_error else value[part])
+            tp = typing.get_args(tp)[0 if key_error else 1]
+            if key_error:
+                break
+            continue
         if _is_union(tp) or not (isinstance(part, int) and isinstance(value, list) and part < len(value)):
             break
         where = value.at(part) if isinstance(value, YamlSeq) else where

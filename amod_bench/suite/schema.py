@@ -7,6 +7,7 @@ reason for its default."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
@@ -178,6 +179,41 @@ class Stage:
         return self.where.get(key) or self.where.get("", ("stages", "", 0))
 
 
+# Each tracking backend: the modules its Ray callback needs (found with find_spec: validating a
+# suite imports none of them) and the pyproject extra that installs them
+TRACKING_PACKAGES = {
+    "mlflow": ("mlflow", "sqlalchemy", "alembic"),  # mlflow-skinny; MLflow 3's default store is SQLite
+    "wandb": ("wandb",),
+    "tensorboard": ("tensorboardX",),  # the writer (tensorboard, to view the runs, comes with the extra)
+}
+
+
+# W&B's project names exclude these characters; ENTITY/PROJECT names the team or user too
+WANDB_PROJECT_RE = re.compile(r"^[^/\\#?%:\s]+(/[^/\\#?%:\s]+)?$")
+
+
+def _installed(backend: str) -> str:
+    missing = [m for m in TRACKING_PACKAGES.get(backend, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        names = " and ".join(", ".join(missing).rsplit(", ", 1))
+        raise PydanticCustomError("suite_check", "{message}", {"message": (
+            f"tracking backend '{backend}' needs {names}, not installed here: install the '{backend}' "
+            f"extra: pip install -e \".[{backend}]\"")})
+    return backend
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where the driver sends every cell's config and evaluation rows, besides the result files
+    (amod_bench.runner.tracking); not part of any cell id."""
+
+    backend: Annotated[Literal["none", "mlflow", "wandb", "tensorboard"], AfterValidator(_installed)] = "none"
+    # mlflow: tracking URI (null = MLflow's default); wandb: PROJECT or ENTITY/PROJECT (null = amod-bench);
+    # tensorboard: log folder (null = ./tensorboard). Relative paths resolve against the working directory.
+    uri: Text | None = None
+    tags: dict[Text, Text] = field(default_factory=dict)  # MLflow run tags; W&B tags "key:value"; TensorBoard hparams
+
+
 # A typo'd axis list can make millions of cells (gigabytes and minutes to plan): a larger
 # grid product is refused unless the suite raises max_cells (or --allow-large-grid lifts it)
 MAX_CELLS = 10_000
@@ -193,6 +229,7 @@ class Suite:
     max_concurrent: Annotated[Integer, _AT_LEAST_1] = 1  # cells at once, whole suite; capped as in the module docstring
     targets: Targets = field(default_factory=Targets)  # convergence targets for the report
     analyses: tuple[Literal["importance"], ...] = ()  # run after the cells, before the report (bench.py analyze)
+    tracking: Tracking = field(default_factory=Tracking)  # MLflow / W&B / TensorBoard runs of the cells, from the driver
     max_cells: Annotated[Integer, _AT_LEAST_1] | None = MAX_CELLS  # refuse a larger grid product; null = no limit
     source: str = ""  # the suite file, for messages and the results copy
     base_dir: str = ""  # the working directory at load time: relative paths resolve here

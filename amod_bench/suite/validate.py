@@ -12,7 +12,7 @@ from .fields import INVALID, build, unknown_keys
 from .overrides import apply_override, check_shadowed
 from .paths import missing_inputs, resolve_path
 from .problems import Errors, Where, hint, show
-from .schema import DEFAULT_IGNORE, NAME_RE, InitFrom, Select, Stage, Suite
+from .schema import DEFAULT_IGNORE, NAME_RE, WANDB_PROJECT_RE, InitFrom, Select, Stage, Suite, Tracking
 from .yaml_reader import YamlMap, YamlSeq, join_path, merge, parse_yaml, read_text
 
 _STAGE_ONLY = ("name", "exclude", "include", "init_from", "select")
@@ -91,9 +91,31 @@ def _build_suite(data: YamlMap, source: str, base_dir: str, errors: Errors) -> t
     output = resolve_path(top.pop("output", None) or os.path.join("results", top["name"]), base_dir)
     storage = top.pop("storage", None)
     storage = resolve_path(storage, base_dir) if storage else os.path.join(output, "ray")
+    if "tracking" in top:
+        top["tracking"] = _tracking(top["tracking"], data["tracking"], base_dir, errors)
     suite = Suite(**top, output=output, storage=storage, stages=tuple(stages), source=os.path.abspath(source),
                   base_dir=base_dir, where={k: data.at(k) for k in data})
     return suite, names
+
+
+def _tracking(tracking: Tracking, raw: YamlMap, base_dir: str, errors: Errors) -> Tracking:
+    """The tracking section with its folder or file-store URI made absolute (the driver's working
+    directory may differ from where the suite was loaded); a W&B uri must name a project."""
+    uri = tracking.uri
+    if uri is None or tracking.backend == "none":
+        return tracking
+    if tracking.backend == "wandb":
+        if not WANDB_PROJECT_RE.match(uri):
+            errors.add(raw.at("uri"), f"expected a W&B project, PROJECT or ENTITY/PROJECT, got {uri!r}")
+        return tracking
+    if tracking.backend == "mlflow":  # a bare path or file: URI is a local store; others stay as written
+        if uri.startswith("file:") and not uri.startswith("file://"):
+            uri = "file:" + resolve_path(uri[len("file:"):], base_dir)
+        elif ":" not in uri:
+            uri = resolve_path(uri, base_dir)
+    else:  # a TensorBoard log folder (URIs unchanged)
+        uri = resolve_path(uri, base_dir)
+    return dataclasses.replace(tracking, uri=uri)
 
 
 def _defaults(data: YamlMap, errors: Errors) -> YamlMap:
