@@ -30,7 +30,8 @@ Modules, one concern each:
 - `trial`: one cell's Tune trial and its TorchTrainer (on any node);
 - `inputs`: a cell's dependencies and the values resolved from them (weights, a search's pick);
 - `board`: the actor where trials and Train controllers meet;
-- `writer`: `ResultsWriter`, the Tune callback that writes the result files.
+- `writer`: `ResultsWriter`, the Tune callback that writes the result files;
+- `tracking`: the suite's `tracking` section as Tune callbacks (MLflow, W&B, TensorBoard runs).
 """
 from .cli import add_arguments, main
 from .planning import RunError
