@@ -186,7 +186,8 @@ def _driver_until(path: Path, reached, *options: str) -> subprocess.Popen:
     return proc
 
 
-def test_interrupted_suite_reruns_only_unfinished_cells(ray_cluster, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_suite_reruns_only_unfinished_cells(ray_cluster, tmp_path, stop):
     path = write_suite(tmp_path, "resume", """\
         - name: main
           grid: {router: [dense, amod, mod], capacity: 0.5}
@@ -195,7 +196,7 @@ def test_interrupted_suite_reruns_only_unfinished_cells(ray_cluster, tmp_path):
     first = cells[0]
     proc = _driver_until(path, lambda: results.cell(first.id).status() == "done",
                          "--address", ray_cluster.address)
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as a user would
+    os.killpg(proc.pid, stop)  # Ctrl-C, as a user would; or a scheduler's SIGTERM
     output, _ = proc.communicate(timeout=120)
     assert "Tuner.restore" not in output and "To resume, run the same command again" in output, output
     unfinished = [c.id for c in cells if results.cell(c.id).status() != "done"]

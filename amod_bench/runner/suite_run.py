@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 
 from amod_bench.provenance import software
 from amod_bench.results import ResultsFolder
@@ -14,7 +17,6 @@ from .inputs import dependencies
 from .planning import RunError, choose_cells, concurrency, launch_order
 from . import ray_fast_path
 from .ray_session import DRIVER_ENV, loopback_only, ray_messages_to, ray_session
-from .tracking import tracking_callbacks
 from .trial import run_cell
 from .writer import results_writer_class
 
@@ -91,12 +93,12 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
                 name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=os.path.join(suite.storage, "_tune"), verbose=0,
                 stop=writer.stopper,
-                callbacks=[writer, JsonLoggerCallback(),
-                           *tracking_callbacks(suite, {c.id: c for c in to_run}, costs, log_file)]),
+                callbacks=[writer, JsonLoggerCallback()]),
         )
         results.reserve_space()
         try:
-            tuner.fit()
+            with sigterm_as_sigint():
+                tuner.fit()
         except TuneError:  # a callback of ours raised: a bug, not a cell's failure
             raise
         except Exception as error:  # noqa: BLE001 - Tune's own bookkeeping after the cells ended
@@ -132,6 +134,21 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
             f"report was written. Free space (or make {results.root} writable), then run the same command "
             "again with --retry-failed (the failed cell resumes from its last checkpoint)")
     return {**statuses, **{cid: "skipped" for cid in skipped}}
+
+
+@contextmanager
+def sigterm_as_sigint():
+    """SIGTERM (a scheduler's preemption, `timeout`, `docker stop`) stops the suite as Ctrl-C does:
+    Tune ends its trials, the summary says what to rerun. Python's default would end this process
+    on the spot, unsummarized."""
+    if threading.current_thread() is not threading.main_thread():  # only there can a handler be set
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _remove_storage(storage: str, cell_id: str) -> None:
