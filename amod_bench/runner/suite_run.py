@@ -17,6 +17,7 @@ from .inputs import dependencies
 from .planning import RunError, choose_cells, concurrency, launch_order
 from . import ray_fast_path
 from .ray_session import DRIVER_ENV, loopback_only, ray_messages_to, ray_session
+from .tracking import tracking_callbacks
 from .trial import run_cell
 from .writer import results_writer_class
 
@@ -93,7 +94,8 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
                 name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=os.path.join(suite.storage, "_tune"), verbose=0,
                 stop=writer.stopper,
-                callbacks=[writer, JsonLoggerCallback()]),
+                callbacks=[writer, JsonLoggerCallback(),
+                           *tracking_callbacks(suite, {c.id: c for c in to_run}, costs, log_file)]),
         )
         results.reserve_space()
         try:
