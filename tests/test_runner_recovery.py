@@ -20,36 +20,60 @@ def _without_timings(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]
 
 
-def test_killed_driver_rerun_restores_every_row_from_the_checkpoint(ray_cluster, tmp_path):
+KILLED_STAGES = """\
+    - name: main
+      grid: {router: random, capacity: 0.5}
+      recipe: {epochs: 6, eval_every: 0.5}
+    """
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_rows(ray_cluster, tmp_path_factory) -> list[dict]:
+    """The killed tests' cell run once without interruption: its rows, less the timings."""
+    reference = write_suite(tmp_path_factory.mktemp("reference"), "killed", KILLED_STAGES)
+    run_suite(reference)
+    results, (cell,) = cells_of(reference)
+    rows = _without_timings(results.cell(cell.id).read_metrics())
+    assert [r["step"] for r in rows] == list(range(0, 121, 10))
+    return rows
+
+
+def _kill_the_machine(proc) -> None:
+    """SIGKILL to the driver and every process of its local Ray instance at once, as a power cut."""
+    import psutil
+
+    root = psutil.Process(proc.pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.mark.parametrize("killed", ["driver", "machine"])
+def test_killed_run_reruns_with_every_row_from_the_checkpoint(ray_cluster, tmp_path, uninterrupted_rows, killed):
+    # "driver": bench.py on the test's cluster, which lives on (its worker may checkpoint once more);
+    # "machine": bench.py with a Ray instance of its own, every process killed at once.
     # A random router draws from torch's RNG, so an identical resumed curve also needs the RNG
     # state restored from the checkpoint. Evals every 10 steps over 6 epochs: 13 rows.
-    stages = """\
-        - name: main
-          grid: {router: random, capacity: 0.5}
-          recipe: {epochs: 6, eval_every: 0.5}
-        """
-    (tmp_path / "reference").mkdir()
-    reference = write_suite(tmp_path / "reference", "killed", stages)
-    run_suite(reference)
-    ref_results, (ref_cell,) = cells_of(reference)
-    expected = _without_timings(ref_results.cell(ref_cell.id).read_metrics())
-    assert [r["step"] for r in expected] == list(range(0, 121, 10))
-
-    (tmp_path / "killed").mkdir()
-    path = write_suite(tmp_path / "killed", "killed", stages)
+    path = write_suite(tmp_path, "killed", KILLED_STAGES)
     results, (cell,) = cells_of(path)
     files = results.cell(cell.id)
-    proc = _driver_until(path, lambda: len(files.read_metrics()) >= 5, "--address", ray_cluster.address)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, with no cleanup
+    options = ("--address", ray_cluster.address) if killed == "driver" else ("--num-cpus", "2")
+    proc = _driver_until(path, lambda: len(files.read_metrics()) >= 5, *options)
+    if killed == "driver":
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, with no cleanup
+    else:
+        _kill_the_machine(proc)
     proc.wait(timeout=60)
     kept = files.read_metrics()
-    assert 5 <= len(kept) < len(expected), "the kill came too late: the cell had finished"
+    assert 5 <= len(kept) < len(uninterrupted_rows), "the kill came too late: the cell had finished"
     # rows that never reached the driver (it died between the worker's checkpoint and its report)
     files.write_metrics(kept[:2])
 
     statuses = run_suite(path)
     assert statuses[cell.id] == "done"
-    assert _without_timings(files.read_metrics()) == expected  # every row once, as uninterrupted
+    assert _without_timings(files.read_metrics()) == uninterrupted_rows  # every row once, as uninterrupted
     summary = files.read_summary()
     assert summary["steps"] == 120 and summary["checkpoint"]
     kept_checkpoints = [f for f in Path(summary["checkpoint"]).parent.glob("checkpoint_*") if f.is_dir()]
