@@ -76,9 +76,10 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
         at_once = concurrency(to_run, ray.cluster_resources(), suite.max_concurrent, max_concurrent)
         ray_fast_path.say_which_path()
         print(f"running {len(to_run)} cells, {at_once} at a time")
-        writer = results_writer_class()(results, {c.id: c for c in to_run}, costs, progress, board, software())
+        cells_to_run = {c.id: c for c in to_run}
+        writer = results_writer_class()(results, cells_to_run, costs, progress, board, software())
         trainable = tune.with_resources(
-            tune.with_parameters(run_cell, cells={c.id: c for c in to_run}, costs=costs, board=board,
+            tune.with_parameters(run_cell, cells=cells_to_run, costs=costs, board=board,
                                  storage=suite.storage, worker_env=worker_env or {},
                                  own_instance=own_instance),
             # The trial only drives its TorchTrainer; the workers hold the CPUs and GPUs. Tune
@@ -95,7 +96,7 @@ def run_suite(suite_path, *, address=None, cell_filter=(), max_concurrent=None, 
                 storage_path=os.path.join(suite.storage, "_tune"), verbose=0,
                 stop=writer.stopper,
                 callbacks=[writer, JsonLoggerCallback(),
-                           *tracking_callbacks(suite, {c.id: c for c in to_run}, costs, log_file)]),
+                           *tracking_callbacks(suite, cells_to_run, costs, log_file)]),
         )
         results.reserve_space()
         try:

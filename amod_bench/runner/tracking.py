@@ -29,6 +29,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .writer import config_json
+
 MLFLOW_PARAM_LENGTH = 6000  # MLflow refuses a longer parameter value (mlflow.utils.validation)
 DEFAULT_WANDB_PROJECT = "amod-bench"
 DEFAULT_TENSORBOARD_DIR = "tensorboard"  # in the working directory
@@ -108,10 +110,10 @@ class CellRuns:
     """Mixed in ahead of a Ray logger callback: hands it a `CellRun` for every trial, rows of the
     reports as results, and keeps the library's own log lines in the run's log file."""
 
-    def __init__(self, *args, cell_configs: dict, cell_folder: str, cell_tags: dict, log_file: Path,
+    def __init__(self, *args, cells: dict, cell_costs: dict, cell_folder: str, cell_tags: dict, log_file: Path,
                  announce: str, library_loggers: tuple[str, ...], **kwargs):
         super().__init__(*args, **kwargs)
-        self.cell_configs = cell_configs  # cell id -> config.json's fields known before the run
+        self.cells, self.cell_costs = cells, cell_costs  # cell id -> Cell, CellCosts: config.json's sources
         self.cell_folder = cell_folder  # the runs' folder: <log dir>/<suite> or W&B's working folder
         self.cell_tags = cell_tags
         self.cell_runs: dict = {}  # Tune's trial -> its CellRun
@@ -152,7 +154,8 @@ class CellRuns:
         if trial not in self.cell_runs:
             cell_id = trial.config["cell_id"]
             self.cell_runs[trial] = CellRun(
-                cell_id=cell_id, trial_id=trial.trial_id, config=dict(self.cell_configs[cell_id]),
+                cell_id=cell_id, trial_id=trial.trial_id, config=config_json(self.cells[cell_id],
+                                                                             self.cell_costs[cell_id]),
                 local_path=os.path.join(self.cell_folder, cell_id), tags=self.cell_tags)
         return self.cell_runs[trial]
 
@@ -172,8 +175,7 @@ class CellRuns:
     def log_trial_result(self, iteration, trial, result):
         run = self.cell_run(trial)
         if "resolved" in result and not run.started:
-            resolved = result["resolved"]  # as writer.py adds them to config.json
-            run.config.update({"init_weights": resolved["init_weights"], **resolved["picked"]} if resolved else {})
+            run.config = config_json(self.cells[run.cell_id], self.cell_costs[run.cell_id], result["resolved"])
         for row in rows_of(result):
             if row["step"] <= run.last_step:
                 continue
@@ -206,8 +208,7 @@ def tracking_callbacks(suite, cells: dict, costs: dict, log_file: Path) -> list:
     tracking = suite.tracking
     if tracking.backend == "none":
         return []
-    configs = {cid: {**cell.config.to_json(), **costs[cid].as_json()} for cid, cell in cells.items()}
-    common = dict(cell_configs=configs, cell_tags=dict(tracking.tags), log_file=log_file,
+    common = dict(cells=cells, cell_costs=costs, cell_tags=dict(tracking.tags), log_file=log_file,
                   library_loggers=LIBRARY_LOGGERS[tracking.backend])
     if tracking.backend == "mlflow":
         return [_mlflow(suite, tracking, common)]

@@ -10,6 +10,13 @@ from pathlib import Path
 from amod_bench.results import CellFiles, ResultsFolder, ResultWriteError, summarize
 
 
+def config_json(cell, costs, resolved: dict | None = None) -> dict:
+    """config.json's fields: the suite's config, then the cell's costs and its run-time inputs
+    (`resolved`, once the trial reports them: init weights, a search's pick)."""
+    inputs = {"init_weights": resolved["init_weights"], **resolved["picked"]} if resolved else {}
+    return {**cell.config.to_json(), **costs.as_json(), **inputs}
+
+
 def results_writer_class():
     """`ResultsWriter`, made when Ray Tune is imported (it subclasses `tune.Callback`)."""
     from ray import tune
@@ -54,11 +61,8 @@ def results_writer_class():
             return cell_id, self.results.cell(cell_id)
 
         def _write_config(self, cell_id: str) -> None:
-            """config.json: the suite's config, then the cell's costs and its run-time inputs."""
-            resolved = self.resolved.get(cell_id, {})
-            self.results.cell(cell_id).write_config({
-                **self.cells[cell_id].config.to_json(), **self.costs[cell_id].as_json(),
-                **({"init_weights": resolved["init_weights"], **resolved["picked"]} if resolved else {})})
+            self.results.cell(cell_id).write_config(
+                config_json(self.cells[cell_id], self.costs[cell_id], self.resolved.get(cell_id)))
 
         def _write_summary(self, cell_id: str, status: str, error: str | None = None) -> dict:
             costs = self.costs[cell_id]
